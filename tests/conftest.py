@@ -20,7 +20,9 @@ def make_byte_tokenizer() -> PreTrainedTokenizerFast:
     return fast
 
 
-def make_tiny_llama(vocab_size: int = 257, hidden: int = 32, layers: int = 2, seed: int = 0) -> LlamaForCausalLM:
+def make_tiny_llama(
+    vocab_size: int = 257, hidden: int = 32, layers: int = 2, seed: int = 0
+) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=vocab_size,

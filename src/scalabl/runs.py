@@ -1,0 +1,294 @@
+"""A run: load model and data, wrap, train, evaluate, and write a folder a person can read.
+
+Run folder layout::
+
+    config.json            the RunConfig (everything needed to repeat the run)
+    adapter.safetensors    the trained adapter (+ adapter_config.json)
+    history.jsonl          one line per training log (loss, NLL, KL, sigma, mu, ...)
+    metrics.json           ACC / ECE / NLL / Brier per number of posterior samples, timings, sizes
+    predictions.safetensors  predictive log-probs per S and the labels (for later analysis)
+    report.md              the tables, with the plots below
+    reliability.png        reliability diagram(s)
+    training.png           training curves
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from scalabl import __version__
+from scalabl.api import BayesianLoRA
+from scalabl.data import Splits, load_splits
+from scalabl.io import atomic_path, write_json, write_text
+from scalabl.methods import MethodConfig
+from scalabl.metrics import compute_metrics
+from scalabl.models import EMBEDDED_MODEL, load_model, parse_dtype
+from scalabl.report import markdown_table, plot_reliability, plot_training_curves
+from scalabl.scoring import SCORING_MODES
+from scalabl.train import TrainConfig
+
+
+@dataclass
+class RunConfig:
+    """Everything a run needs; saved as config.json in the run folder."""
+
+    model: str = EMBEDDED_MODEL
+    dtype: str = "float32"
+    task: str = "arc_easy"
+    split_seed: int = 0
+    n_validation: int | None = None
+    n_test: int | None = None
+    max_train: int | None = None
+    max_test: int | None = None  # evaluate on the first max_test test examples only (budget)
+    scoring: str = "continuation"
+    length_norm: bool = False
+    n_samples: tuple[int, ...] = (10, 0)
+    eval_batch_size: int = 8
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        parse_dtype(self.dtype)
+        self.n_samples = tuple(int(s) for s in self.n_samples)
+        if self.scoring not in SCORING_MODES:
+            raise ValueError(f"scoring: {self.scoring!r} not in {SCORING_MODES}")
+        if not self.n_samples or any(s < 0 for s in self.n_samples):
+            raise ValueError(
+                f"n_samples: need one or more values >= 0 (0 = posterior mean), got {self.n_samples}"
+            )
+        for name in ("n_validation", "n_test", "max_train", "max_test"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ValueError(f"{name}: must be >= 1 or unset, got {v}")
+        if self.eval_batch_size < 1:
+            raise ValueError(f"eval_batch_size: must be >= 1, got {self.eval_batch_size}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["n_samples"] = list(self.n_samples)
+        d["method"] = self.method.to_dict()
+        d["train"] = self.train.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        d = dict(d)
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"run config: unknown field(s) {sorted(unknown)}; allowed: {sorted(known)}")
+        d["method"] = MethodConfig.from_dict(d.get("method", {}))
+        d["train"] = TrainConfig.from_dict(d.get("train", {}))
+        return cls(**d)
+
+    def splits(self) -> Splits:
+        return load_splits(
+            self.task,
+            seed=self.split_seed,
+            n_validation=self.n_validation,
+            n_test=self.n_test,
+            max_train=self.max_train,
+        )
+
+
+def _check_writable(out: Path) -> None:
+    """Fail before training, not after: the output folder must be creatable and writable."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out / ".write-test") as tmp:
+            tmp.write_text("ok")
+        (out / ".write-test").unlink()
+    except OSError as err:
+        raise OSError(f"output folder {out} is not writable: {err}") from err
+
+
+def evaluate_model(
+    blora: BayesianLoRA, config: RunConfig, out: Path, *, progress: bool = True
+) -> dict[str, Any]:
+    """Evaluate on the test split for every S in ``config.n_samples``; writes predictions."""
+    test = config.splits().test
+    if config.max_test:
+        test = test[: config.max_test]
+    labels = torch.tensor([e.label for e in test])
+    results: dict[str, Any] = {}
+    tensors: dict[str, torch.Tensor] = {"labels": labels}
+    samples = config.n_samples if blora.method.bayesian else (0,)
+    for s in samples:
+        t0 = time.perf_counter()
+        log_probs = blora.predict_log_proba(
+            test, s, batch_size=config.eval_batch_size, seed=config.train.seed, progress=progress
+        )
+        seconds = time.perf_counter() - t0
+        results[f"S={s}"] = {**compute_metrics(log_probs, labels), "seconds": seconds, "n_samples": s}
+        tensors[f"log_probs_S{s}"] = log_probs
+    with atomic_path(out / "predictions.safetensors") as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+    return {"n_test": len(test), "eval": results}
+
+
+def train_run(config: RunConfig, out: str | Path, *, progress: bool = True) -> dict[str, Any]:
+    """Train and evaluate one method; returns the metrics written to ``out/metrics.json``."""
+    out = Path(out)
+    _check_writable(out)
+    splits = config.splits()
+    write_json(out / "config.json", {"scalabl_version": __version__, **config.to_dict()})
+
+    model, tokenizer = load_model(config.model, dtype=parse_dtype(config.dtype))
+    blora = BayesianLoRA(
+        model,
+        tokenizer,
+        config.method,
+        scoring=config.scoring,
+        length_norm=config.length_norm,
+        seed=config.train.seed,
+    )
+    history_path = out / "history.jsonl"
+    history_path.unlink(missing_ok=True)
+
+    def log_line(record: dict[str, Any]) -> None:
+        with history_path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    t0 = time.perf_counter()
+    blora.fit(splits.train, config.train, progress=progress, on_log=log_line)
+    train_seconds = time.perf_counter() - t0
+    blora.save(out, base_model=config.model)
+
+    metrics = {
+        "method": config.method.method,
+        "task": config.task,
+        "model": config.model,
+        "n_train": len(splits.train),
+        "lora_parameters": blora.lora_parameters,
+        "extra_parameters": blora.extra_parameters,
+        "train_seconds": train_seconds,
+        "train_steps": config.train.steps,
+        "final_train_nll": blora.history[-1]["nll"] if blora.history else None,
+    }
+    metrics.update(evaluate_model(blora, config, out, progress=progress))
+    write_json(out / "metrics.json", metrics)
+    write_run_report(out)
+    return metrics
+
+
+def load_run(run_dir: str | Path) -> tuple[RunConfig, BayesianLoRA]:
+    """Rebuild a run's model with its trained adapter."""
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{run_dir}: not a run folder (no config.json)")
+    raw = json.loads(cfg_path.read_text())
+    raw.pop("scalabl_version", None)
+    config = RunConfig.from_dict(raw)
+    model, tokenizer = load_model(config.model, dtype=parse_dtype(config.dtype))
+    return config, BayesianLoRA.load(run_dir, model, tokenizer)
+
+
+def _metric_rows(metrics_by_name: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for name, m in metrics_by_name.items():
+        for key, r in m["eval"].items():
+            rows.append(
+                {
+                    "model": name,
+                    "S": key.split("=")[1],
+                    "acc": r["acc"],
+                    "ece": 100 * r["ece"],
+                    "nll": r["nll"],
+                    "brier": r["brier"],
+                    "extra": m.get("extra_parameters", 0),
+                    "train_s": m.get("train_seconds", float("nan")),
+                    "eval_s": r["seconds"],
+                }
+            )
+    return rows
+
+
+COLUMNS = ["model", "S", "acc", "ece", "nll", "brier", "extra", "train_s", "eval_s"]
+HEADERS = {
+    "model": "method",
+    "S": "S",
+    "acc": "ACC",
+    "ece": "ECE (%)",
+    "nll": "NLL",
+    "brier": "Brier",
+    "extra": "extra params",
+    "train_s": "train (s)",
+    "eval_s": "eval (s)",
+}
+FORMATS = {
+    "acc": "{:.3f}",
+    "ece": "{:.1f}",
+    "nll": "{:.3f}",
+    "brier": "{:.3f}",
+    "extra": "{:,}",
+    "train_s": "{:.0f}",
+    "eval_s": "{:.0f}",
+}
+
+
+def comparison_table(metrics_by_name: dict[str, dict[str, Any]]) -> str:
+    """Markdown table of every method x number of samples."""
+    return markdown_table(_metric_rows(metrics_by_name), COLUMNS, HEADERS, FORMATS)
+
+
+def _load_curves(run_dir: Path, key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    t = load_file(str(run_dir / "predictions.safetensors"))
+    return t[f"log_probs_{key}"].exp(), t["labels"]
+
+
+def _history(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "history.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_run_report(run_dir: str | Path) -> None:
+    """report.md + reliability.png + training.png for one run folder."""
+    run_dir = Path(run_dir)
+    m = json.loads((run_dir / "metrics.json").read_text())
+    name = m["method"]
+    keys = list(m["eval"])
+    plot_reliability(
+        {f"{name} {k}": _load_curves(run_dir, k.replace("=", "")) for k in keys},
+        run_dir / "reliability.png",
+        title=f"{name} on {m['task']} (test, n={m['n_test']})",
+    )
+    history = _history(run_dir)
+    plot_keys = ("nll", "sigma_over_mu") if any("sigma" in h for h in history) else ("nll",)
+    plot_training_curves({name: history}, run_dir / "training.png", keys=plot_keys)
+    lines = [
+        f"# {name} on {m['task']}",
+        "",
+        f"Model `{m['model']}`, {m['n_train']} training examples, {m['train_steps']} steps, "
+        f"test n = {m['n_test']}. LoRA parameters {m['lora_parameters']:,}; "
+        f"extra parameters over LoRA {m['extra_parameters']:,}.",
+        "",
+        comparison_table({name: m}),
+        "",
+        "ECE: 15 equal-width bins on the max probability. NLL: mean natural-log negative log-likelihood. "
+        "Brier: sum over classes. S = posterior samples in the Bayesian model average (0 = posterior mean).",
+        "",
+        "![reliability](reliability.png)",
+        "",
+        "![training](training.png)",
+        "",
+    ]
+    if history and "sigma" in history[-1]:
+        last = history[-1]
+        lines[6:6] = [
+            f"Posterior at the end of training: mean sigma {last['sigma']:.4f}, mean mu {last['mu']:.4f}, "
+            f"mean sigma/mu {last['sigma_over_mu']:.4f}.",
+            "",
+        ]
+    write_text(run_dir / "report.md", "\n".join(lines))

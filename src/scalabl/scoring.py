@@ -1,0 +1,234 @@
+"""Turn a multiple-choice example into C class logits with a causal LM (DESIGN §3).
+
+Two scoring modes:
+
+* ``continuation``: the logit of choice c is the summed log-likelihood of its text after the
+  prompt (``length_norm=True``: the mean per token). The prompt runs **once** per example; its
+  key/value cache is re-indexed to one row per choice and only the choice tokens run after it.
+* ``letter``: the prompt lists the choices as ``A. ...``; the logits are the next-token logits
+  restricted to the letter tokens.
+
+Posterior samples: one noise row is drawn per example and re-indexed together with the cache, so
+the prompt and all of its choices see the same model sample.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import string
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from scalabl.data import Example
+from scalabl.methods.base import clear_noise, draw_noise, sampling, select_noise
+
+SCORING_MODES = ("continuation", "letter")
+LETTERS = string.ascii_uppercase
+log = logging.getLogger(__name__)
+
+
+def continuation_prompt(example: Example) -> str:
+    head = f"{example.context}\n" if example.context else ""
+    return f"{head}Question: {example.question}\nAnswer:"
+
+
+def letter_prompt(example: Example) -> str:
+    head = f"{example.context}\n" if example.context else ""
+    lines = [f"{LETTERS[i]}. {c}" for i, c in enumerate(example.choices)]
+    return f"{head}Question: {example.question}\n" + "\n".join(lines) + "\nAnswer:"
+
+
+def _cache_kwarg(model: nn.Module) -> str:
+    """The forward argument that takes a KV cache: ``cache`` (transformers >= 5.2x) or the older name."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
+
+
+def _output_cache(out) -> object:
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else getattr(out, "past_key_values", None)
+
+
+@dataclass(frozen=True)
+class Encoded:
+    prompt: list[int]
+    choices: list[list[int]]  # continuation: token ids of each choice; letter: empty
+    n_choices: int
+
+
+class Scorer:
+    """Computes class logits ``[B, C_max]`` (``-inf`` where an example has fewer choices)."""
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        mode: str = "continuation",
+        *,
+        length_norm: bool = False,
+        max_length: int | None = None,
+    ) -> None:
+        if mode not in SCORING_MODES:
+            raise ValueError(f"scoring: {mode!r} not in {SCORING_MODES}")
+        self.tokenizer = tokenizer
+        self.mode = mode
+        self.length_norm = length_norm
+        self.max_length = max_length or getattr(tokenizer, "model_max_length", None) or 2048
+        if self.max_length > 1_000_000:  # tokenizers without a limit report a huge sentinel
+            self.max_length = 2048
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self._cache: dict[tuple[str, str], Encoded] = {}
+        self._letter_ids: list[int] | None = None
+
+    # ---- tokenisation -------------------------------------------------------------------------
+    def letter_token_ids(self, n: int) -> list[int]:
+        """Token ids of the answer letters: ' A' if it is one token, else 'A'."""
+        if self._letter_ids is None or len(self._letter_ids) < n:
+            ids = []
+            for letter in LETTERS[: max(n, 5)]:
+                spaced = self.tokenizer.encode(" " + letter, add_special_tokens=False)
+                bare = self.tokenizer.encode(letter, add_special_tokens=False)
+                if len(spaced) == 1:
+                    ids.append(spaced[0])
+                elif len(bare) == 1:
+                    ids.append(bare[0])
+                else:
+                    raise ValueError(f"letter scoring: answer letter {letter!r} is not a single token")
+            self._letter_ids = ids
+        return self._letter_ids[:n]
+
+    def encode(self, example: Example) -> Encoded:
+        key = (example.id, self.mode)
+        if key in self._cache:
+            return self._cache[key]
+        tok = self.tokenizer
+        if self.mode == "letter":
+            prompt = tok.encode(letter_prompt(example), add_special_tokens=True)
+            choices: list[list[int]] = []
+            longest = 1
+        else:
+            prompt = tok.encode(continuation_prompt(example), add_special_tokens=True)
+            choices = [tok.encode(" " + c, add_special_tokens=False) for c in example.choices]
+            if any(len(c) == 0 for c in choices):
+                raise ValueError(f"example {example.id}: a choice encodes to no tokens")
+            longest = max(len(c) for c in choices)
+        budget = self.max_length - longest
+        if len(prompt) > budget:
+            log.warning(
+                "example %s: prompt of %d tokens truncated from the left to %d (model context %d)",
+                example.id,
+                len(prompt),
+                budget,
+                self.max_length,
+            )
+            prompt = prompt[-budget:]
+        enc = Encoded(prompt, choices, len(example.choices))
+        self._cache[key] = enc
+        return enc
+
+    # ---- scoring ------------------------------------------------------------------------------
+    def class_logits(
+        self,
+        model: nn.Module,
+        examples: Sequence[Example],
+        *,
+        sample: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Class logits for a batch, float32 ``[B, C_max]``, differentiable.
+
+        ``sample=True`` draws one posterior sample per example (a no-op for deterministic
+        methods); ``sample=False`` uses the posterior mean.
+        """
+        encoded = [self.encode(e) for e in examples]
+        device = next(model.parameters()).device
+        with sampling(model, sample):
+            if sample:
+                draw_noise(model, len(encoded), generator)
+            try:
+                if self.mode == "letter":
+                    return self._letter_logits(model, encoded, device)
+                return self._continuation_logits(model, encoded, device)
+            finally:
+                clear_noise(model)
+
+    def _prompt_pass(self, model: nn.Module, encoded: list[Encoded], device: torch.device, use_cache: bool):
+        """Left-padded prompts through the model; returns last-position log-probs, mask and cache."""
+        width = max(len(e.prompt) for e in encoded)
+        ids = torch.full((len(encoded), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(encoded), width), dtype=torch.long)
+        for i, e in enumerate(encoded):
+            ids[i, width - len(e.prompt) :] = torch.tensor(e.prompt)
+            mask[i, width - len(e.prompt) :] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=position_ids,
+            use_cache=use_cache,
+            logits_to_keep=1,
+        )
+        last = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
+        return last, mask, _output_cache(out)
+
+    def _letter_logits(self, model: nn.Module, encoded: list[Encoded], device: torch.device) -> torch.Tensor:
+        c_max = max(e.n_choices for e in encoded)
+        # Raw next-token logits restricted to the letters (a softmax over them gives the classes).
+        last, _, _ = self._prompt_pass(model, encoded, device, use_cache=False)
+        letter_ids = torch.tensor(self.letter_token_ids(c_max), device=device)
+        logits = last[:, letter_ids]
+        n = torch.tensor([e.n_choices for e in encoded], device=device)
+        missing = torch.arange(c_max, device=device)[None, :] >= n[:, None]
+        return logits.masked_fill(missing, float("-inf"))
+
+    def _continuation_logits(
+        self, model: nn.Module, encoded: list[Encoded], device: torch.device
+    ) -> torch.Tensor:
+        c_max = max(e.n_choices for e in encoded)
+        longest = max(len(c) for e in encoded for c in e.choices)
+        last, prompt_mask, cache = self._prompt_pass(model, encoded, device, use_cache=longest > 1)
+
+        # One row per (example, choice); row r belongs to example row_ex[r].
+        row_ex = [i for i, e in enumerate(encoded) for _ in e.choices]
+        row_choice = [c for e in encoded for c in e.choices]
+        index = torch.tensor(row_ex, device=device)
+        n_rows = len(row_choice)
+        targets = torch.full((n_rows, longest), self.pad_id, dtype=torch.long)
+        target_mask = torch.zeros((n_rows, longest), dtype=torch.bool)
+        for r, c in enumerate(row_choice):
+            targets[r, : len(c)] = torch.tensor(c)
+            target_mask[r, : len(c)] = True
+        targets, target_mask = targets.to(device), target_mask.to(device)
+
+        # The first choice token is predicted by the prompt's last position.
+        token_lp = [last[index].gather(-1, targets[:, :1])]
+        if longest > 1:
+            cache.batch_select_indices(index)
+            select_noise(model, index)
+            inputs = targets[:, :-1]
+            in_mask = target_mask[:, :-1].long()
+            mask = torch.cat([prompt_mask[index], in_mask], dim=1)
+            start = prompt_mask.sum(-1)[index]
+            position_ids = start[:, None] + torch.arange(longest - 1, device=device)[None, :]
+            out = model(
+                input_ids=inputs,
+                attention_mask=mask,
+                position_ids=position_ids,
+                use_cache=True,
+                **{_cache_kwarg(model): cache},
+            )
+            lp = torch.log_softmax(out.logits.float(), dim=-1)
+            token_lp.append(lp.gather(-1, targets[:, 1:, None]).squeeze(-1))
+        token_lp_all = torch.cat(token_lp, dim=1).masked_fill(~target_mask, 0.0)
+        scores = token_lp_all.sum(-1)
+        if self.length_norm:
+            scores = scores / target_mask.sum(-1)
+
+        logits = torch.full((len(encoded), c_max), float("-inf"), device=device)
+        choice_pos = torch.tensor([j for e in encoded for j in range(e.n_choices)], device=device)
+        return logits.index_put((index, choice_pos), scores)

@@ -1,0 +1,202 @@
+"""The training loop: one function to read top to bottom.
+
+Objective per training example (DESIGN §1): ``mean NLL + kl_weight * KL / N_train``. Two recipes:
+
+* ``elbo``: one AdamW optimiser on the sum above; ``kl_weight`` warmed up linearly over
+  ``kl_warmup_ratio`` of the steps; the variational parameters may have their own learning rate.
+* ``blob``: the reference recipe from BLoB. AdamW (warm-up then linear decay) on the NLL only; after
+  every NLL step a plain SGD optimiser steps on the summed KL with learning rate
+  ``kl_lr * schedule(step) * pi_i``, ``pi_i = 2^i / (2^(M+1) - 1)``, ``i = (step mod M) + 1``,
+  ``M = floor(100 * N_train^(pi/8) / batch_size)``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from scalabl.data import Example
+from scalabl.methods.base import bayesian_modules, posterior_stats, total_kl, variational_parameters
+from scalabl.scoring import Scorer
+
+RECIPES = ("elbo", "blob")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by every trained method."""
+
+    steps: int = 100
+    batch_size: int = 4
+    grad_accum: int = 1
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.06
+    max_grad_norm: float | None = 1.0
+    recipe: str = "elbo"
+    kl_weight: float = 1.0
+    kl_warmup_ratio: float = 0.1
+    variational_lr: float | None = None  # elbo: learning rate of log_mu/log_sigma (None = lr)
+    kl_lr: float = 0.1  # blob: base learning rate of the SGD step on the KL
+    seed: int = 0
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "grad_accum", "log_every"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name}: must be a positive integer, got {v!r}")
+        for name in ("lr", "kl_lr"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}: must be > 0, got {getattr(self, name)!r}")
+        if self.variational_lr is not None and self.variational_lr <= 0:
+            raise ValueError(f"variational_lr: must be > 0 or None, got {self.variational_lr!r}")
+        for name in ("warmup_ratio", "kl_warmup_ratio"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name}: must be in [0, 1], got {getattr(self, name)!r}")
+        if self.weight_decay < 0 or self.kl_weight < 0:
+            raise ValueError("weight_decay and kl_weight must be >= 0")
+        if self.recipe not in RECIPES:
+            raise ValueError(f"recipe: {self.recipe!r} not in {RECIPES}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"train config: unknown field(s) {sorted(unknown)}; allowed: {sorted(known)}")
+        return cls(**d)
+
+
+def blob_kl_weight(step: int, n_train: int, batch_size: int) -> float:
+    """BLoB's pi_i for the KL step after NLL step ``step`` (0-based), computed in log space."""
+    m = max(1, math.floor(100 * n_train ** (math.pi / 8) / batch_size))
+    i = step % m + 1
+    # log(2^(M+1) - 1) without overflow for large M
+    log_denominator = (m + 1) * math.log(2) + math.log1p(-(2.0 ** -(m + 1)))
+    return math.exp(i * math.log(2) - log_denominator)
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator):
+    """Endless stream of index batches: a fresh seeded permutation each epoch, last partial kept."""
+    while True:
+        perm = torch.randperm(n, generator=generator).tolist()
+        for start in range(0, n, batch_size):
+            yield perm[start : start + batch_size]
+
+
+def fit(
+    model: nn.Module,
+    scorer: Scorer,
+    train: Sequence[Example],
+    config: TrainConfig,
+    *,
+    progress: bool = True,
+    on_log: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Train the adapter of ``model`` on ``train``; returns the logged history (one dict per log)."""
+    if len(train) == 0:
+        raise ValueError("training set is empty")
+    n_train = len(train)
+    bayesian = bool(bayesian_modules(model))
+    generator = torch.Generator().manual_seed(config.seed)
+
+    variational = variational_parameters(model)
+    var_ids = {id(p) for p in variational}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    rest = [p for p in trainable if id(p) not in var_ids]
+    groups = [{"params": rest, "lr": config.lr}]
+    if variational:
+        var_lr = config.variational_lr if config.recipe == "elbo" and config.variational_lr else config.lr
+        # No weight decay on the posterior: the KL is its regulariser.
+        groups.append({"params": variational, "lr": var_lr, "weight_decay": 0.0})
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+    warmup = round(config.warmup_ratio * config.steps)
+    scheduler = get_linear_schedule_with_warmup(optimizer, warmup, config.steps)
+    kl_optimizer = None
+    if config.recipe == "blob" and bayesian:
+        kl_params = variational or trainable
+        kl_optimizer = torch.optim.SGD(kl_params, lr=config.kl_lr)
+
+    batches = _batches(n_train, config.batch_size, generator)
+    history: list[dict[str, Any]] = []
+    model.train()
+    bar = tqdm(range(config.steps), desc="train", disable=not progress, dynamic_ncols=True)
+    t0 = time.perf_counter()
+    window: list[tuple[float, float]] = []
+    for step in bar:
+        optimizer.zero_grad(set_to_none=True)
+        nll_sum = 0.0
+        for _ in range(config.grad_accum):
+            batch = [train[i] for i in next(batches)]
+            labels = torch.tensor([e.label for e in batch], device=next(model.parameters()).device)
+            logits = scorer.class_logits(model, batch, sample=True, generator=generator)
+            nll = F.cross_entropy(logits, labels)
+            (nll / config.grad_accum).backward()
+            nll_sum += nll.item() / config.grad_accum
+
+        kl_value = 0.0
+        if bayesian and config.recipe == "elbo":
+            kl_warm = max(1, round(config.kl_warmup_ratio * config.steps))
+            weight = config.kl_weight * min(1.0, (step + 1) / kl_warm)
+            kl = total_kl(model)
+            (weight * kl / n_train).backward()
+            kl_value = kl.item()
+        if config.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+        optimizer.step()
+        schedule = scheduler.get_last_lr()[0] / config.lr  # warm-up/decay factor of this step
+        scheduler.step()
+
+        if kl_optimizer is not None:
+            kl_optimizer.zero_grad(set_to_none=True)
+            kl = total_kl(model)
+            kl.backward()
+            pi = blob_kl_weight(step, n_train, config.batch_size * config.grad_accum)
+            for g in kl_optimizer.param_groups:
+                g["lr"] = config.kl_lr * schedule * pi
+            kl_optimizer.step()
+            kl_value = kl.item()
+
+        window.append((nll_sum, kl_value))
+        if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
+            nll_avg = sum(w[0] for w in window) / len(window)
+            kl_avg = sum(w[1] for w in window) / len(window)
+            window.clear()
+            record: dict[str, Any] = {
+                "step": step + 1,
+                "nll": nll_avg,
+                "kl": kl_avg,
+                "loss": nll_avg + (config.kl_weight * kl_avg / n_train if bayesian else 0.0),
+                "lr": optimizer.param_groups[0]["lr"],
+                "seconds": time.perf_counter() - t0,
+            }
+            stats = posterior_stats(model)
+            if stats:
+                record["sigma"] = sum(s["sigma"] for s in stats.values()) / len(stats)
+                record["mu"] = sum(s["mu"] for s in stats.values()) / len(stats)
+                record["sigma_over_mu"] = sum(s["sigma_over_mu"] for s in stats.values()) / len(stats)
+                record["modules"] = stats
+            history.append(record)
+            if on_log is not None:
+                on_log(record)
+            shown = {"nll": f"{nll_avg:.3f}"}
+            if bayesian:
+                shown["kl"] = f"{kl_avg:.1f}"
+                if stats:
+                    shown["sigma"] = f"{record['sigma']:.3f}"
+            bar.set_postfix(shown)
+    model.eval()
+    return history

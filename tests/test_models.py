@@ -1,0 +1,156 @@
+"""Model loading: local folders, dtype parsing, cache location and the atomic embedded-model cache."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_byte_tokenizer, make_tiny_llama
+
+from scalabl import models
+from scalabl.models import EMBEDDED_MODEL, cache_dir, embedded_model_path, load_model, parse_dtype
+
+
+def save_tiny(folder: Path) -> Path:
+    make_tiny_llama().save_pretrained(folder)
+    make_byte_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("name", "dtype"),
+    [
+        ("float32", torch.float32),
+        ("fp32", torch.float32),
+        ("bfloat16", torch.bfloat16),
+        ("BF16", torch.bfloat16),
+        ("float16", torch.float16),
+        ("fp16", torch.float16),
+    ],
+)
+def test_parse_dtype(name, dtype):
+    assert parse_dtype(name) is dtype
+
+
+def test_parse_dtype_error():
+    with pytest.raises(ValueError, match="float32.*bf16"):
+        parse_dtype("int8")
+
+
+def test_load_local_folder_round_trip(tmp_path):
+    folder = save_tiny(tmp_path / "tiny")
+    model, tok = load_model(folder)
+    assert not model.training
+    assert tok.padding_side == "left" and tok.pad_token == "<eos>"
+    text = "Hello, wörld!"
+    ids = tok(text).input_ids
+    assert tok.decode(ids) == text
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        torch.testing.assert_close(model(x).logits, make_tiny_llama()(x).logits)
+    model16, _ = load_model(str(folder), dtype=torch.bfloat16)
+    assert model16.dtype == torch.bfloat16
+
+
+def test_pad_token_defaults_to_eos(tmp_path):
+    folder = tmp_path / "tiny"
+    make_tiny_llama().save_pretrained(folder)
+    tok = make_byte_tokenizer()
+    tok.pad_token = None
+    tok.save_pretrained(folder)
+    _, loaded = load_model(folder)
+    assert loaded.pad_token == loaded.eos_token == "<eos>"
+
+
+def test_folder_without_weights(tmp_path):
+    folder = save_tiny(tmp_path / "tiny")
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(ValueError, match=r"tiny.*weights"):
+        load_model(folder)
+    (folder / "config.json").unlink()
+    with pytest.raises(ValueError, match=r"tiny.*config\.json"):
+        load_model(folder)
+
+
+def test_missing_gguf_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="x.gguf"):
+        load_model(tmp_path / "x.gguf")
+
+
+def test_cache_dir_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("SCALABL_CACHE", str(tmp_path / "c"))
+    assert cache_dir() == tmp_path / "c"
+    monkeypatch.delenv("SCALABL_CACHE")
+    assert cache_dir() != tmp_path / "c" and "scalabl" in str(cache_dir())
+
+
+@pytest.fixture
+def fake_embedded(monkeypatch, tmp_path):
+    """Point the embedded model at a fake GGUF file and a converter that writes the tiny Llama."""
+    monkeypatch.setenv("SCALABL_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "pkg" / models.GGUF_FILE
+    gguf.parent.mkdir()
+    gguf.write_bytes(b"fake gguf")
+    monkeypatch.setattr(models, "_embedded_gguf", lambda: gguf)
+    calls = []
+
+    def convert(src, out):
+        calls.append(src)
+        save_tiny(out)
+
+    monkeypatch.setattr(models, "_convert_gguf", convert)
+    return gguf, calls
+
+
+def test_embedded_cache_converts_once(fake_embedded, tmp_path):
+    gguf, calls = fake_embedded
+    path = embedded_model_path()
+    assert path == tmp_path / "cache" / "models" / EMBEDDED_MODEL
+    marker = json.loads((path / models.CACHE_MARKER).read_text())
+    assert marker == {"source": gguf.name, "size": gguf.stat().st_size, "format_version": 1}
+    assert embedded_model_path() == path and len(calls) == 1
+    model, tok = load_model()  # the alias resolves to the cached folder
+    assert model.config.vocab_size == 257 and tok.padding_side == "left"
+    assert len(calls) == 1
+    gguf.write_bytes(b"another fake gguf")  # a changed source invalidates the cache
+    embedded_model_path()
+    assert len(calls) == 2
+
+
+def test_embedded_cache_interrupted(fake_embedded, monkeypatch, tmp_path):
+    _, calls = fake_embedded
+
+    def broken(src, out):
+        make_tiny_llama().save_pretrained(out)  # half written: weights, no tokenizer, no marker
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(models, "_convert_gguf", broken)
+    with pytest.raises(KeyboardInterrupt):
+        embedded_model_path()
+    models_dir = tmp_path / "cache" / "models"
+    assert list(models_dir.iterdir()) == []  # neither a broken cache nor a leftover temp folder
+
+    # a folder without the marker (e.g. left by an older crash) is not trusted either
+    (models_dir / EMBEDDED_MODEL).mkdir()
+    monkeypatch.setattr(models, "_convert_gguf", lambda src, out: (calls.append(src), save_tiny(out)))
+    path = embedded_model_path()
+    assert len(calls) == 1 and (path / models.CACHE_MARKER).is_file()
+    assert [p.name for p in models_dir.iterdir()] == [EMBEDDED_MODEL]
+
+
+@pytest.mark.slow
+def test_real_embedded_model(monkeypatch, tmp_path):
+    monkeypatch.setenv("SCALABL_CACHE", str(tmp_path))
+    model, tok = load_model(EMBEDDED_MODEL)
+    assert (tmp_path / "models" / EMBEDDED_MODEL / models.CACHE_MARKER).is_file()
+    text = "The capital of France is Paris."
+    assert tok.decode(tok(text).input_ids, skip_special_tokens=True) == text
+    assert tok.pad_token is not None and tok.padding_side == "left"
+    batch = tok([text, "Hi"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        logits = model(**batch).logits
+    assert logits.shape[-1] == 49152 == model.config.vocab_size
+    assert torch.isfinite(logits).all()
+    assert logits.dtype == torch.float32

@@ -1,0 +1,89 @@
+"""Report outputs: markdown tables and PNG plots written atomically."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from scalabl.report import markdown_table, plot_reliability, plot_training_curves
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def assert_png(path):
+    assert path.is_file()
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    # atomic_path must have renamed its temp file away.
+    assert not list(path.parent.glob(".*.tmp"))
+
+
+def test_markdown_table_shape_and_formatting():
+    rows = [
+        {"method": "lora", "acc": 0.812345, "ece": 0.123456, "n": 100},
+        {"method": "scalabl", "acc": np.float32(0.5), "ece": 0.05, "n": 7, "extra": "ignored"},
+    ]
+    text = markdown_table(
+        rows, ["method", "acc", "ece", "n"], headers={"ece": "ECE"}, floatfmt={"acc": "{:.1%}"}
+    )
+    lines = text.splitlines()
+    assert len(lines) == 2 + len(rows)  # header, separator, one line per row
+    assert all(line.startswith("|") and line.endswith("|") and line.count("|") == 5 for line in lines)
+    assert lines[0] == "| method | acc | ECE | n |"
+    assert set(lines[1].replace("|", "").split()) == {"---"}
+    assert lines[2] == "| lora | 81.2% | 0.1235 | 100 |"  # default float format is {:.4f}
+    assert lines[3] == "| scalabl | 50.0% | 0.0500 | 7 |"
+    assert text.endswith("\n")
+
+
+def test_markdown_table_missing_values_and_pipes():
+    text = markdown_table([{"a": "x|y", "b": None}, {"a": True}], ["a", "b"])
+    lines = text.splitlines()
+    assert lines[2] == "| x\\|y |  |"
+    assert lines[3] == "| True |  |"  # bools are not formatted as floats
+
+
+def test_markdown_table_no_rows():
+    assert markdown_table([], ["a"]).splitlines() == ["| a |", "| --- |"]
+
+
+def _curve(seed: int, sharpen: float):
+    g = torch.Generator().manual_seed(seed)
+    probs = torch.softmax(sharpen * torch.randn(300, 4, generator=g, dtype=torch.float64), dim=1)
+    return probs, torch.randint(0, 4, (300,), generator=g)
+
+
+def test_plot_reliability_writes_png(tmp_path):
+    path = tmp_path / "sub" / "reliability.png"
+    plot_reliability({"lora": _curve(0, 3.0), "scalabl": _curve(1, 1.0)}, path, n_bins=10, title="test")
+    assert_png(path)
+
+
+def test_plot_reliability_single_model_with_empty_bins(tmp_path):
+    path = tmp_path / "one.png"
+    plot_reliability({"onehot": (torch.eye(3, dtype=torch.float64), torch.tensor([0, 1, 2]))}, path)
+    assert_png(path)
+
+
+def test_plot_reliability_rejects_empty(tmp_path):
+    with pytest.raises(ValueError):
+        plot_reliability({}, tmp_path / "x.png")
+
+
+def test_plot_training_curves_writes_png(tmp_path):
+    histories = {
+        "a": [{"step": s, "loss": 1.0 / (s + 1), "kl": 0.1 * s} for s in range(10)],
+        # run b never logs "kl", and logs eval_loss only on some steps
+        "b": [
+            {"step": s, "loss": 2.0 / (s + 1)} | ({"eval_loss": 0.5} if s % 3 == 0 else {}) for s in range(10)
+        ],
+    }
+    path = tmp_path / "curves.png"
+    plot_training_curves(histories, path, keys=("loss", "kl", "eval_loss", "absent"))
+    assert_png(path)
+
+
+def test_plot_training_curves_no_keys_found(tmp_path):
+    with pytest.raises(ValueError, match="none of the keys"):
+        plot_training_curves({"a": [{"step": 0, "loss": 1.0}]}, tmp_path / "x.png", keys=("acc",))
+    assert not (tmp_path / "x.png").exists()
