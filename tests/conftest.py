@@ -39,6 +39,15 @@ def make_tiny_llama(
     return model
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Tiny models run fastest on one thread; two threads on a shared 2-core machine spin ~100x longer."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def tokenizer() -> PreTrainedTokenizerFast:
     return make_byte_tokenizer()

@@ -1,3 +1,31 @@
-"""scalabl: Bayesian low-rank adapters for calibrated LLM fine-tuning."""
+"""scalabl: Bayesian low-rank adapters (ScalaBL and baselines) for calibrated LLM fine-tuning.
+
+The public API is imported lazily so that ``scalabl --help`` does not pay for torch/transformers.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "BayesianLoRA": "scalabl.api",
+    "MethodConfig": "scalabl.methods.base",
+    "TrainConfig": "scalabl.train",
+    "RunConfig": "scalabl.runs",
+    "Example": "scalabl.data",
+    "load_examples": "scalabl.data",
+    "load_splits": "scalabl.data",
+    "load_model": "scalabl.models",
+    "compute_metrics": "scalabl.metrics",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'scalabl' has no attribute {name!r}")

@@ -132,7 +132,10 @@ class BayesianLoRA:
     def save(self, folder: str | Path, **metadata: Any) -> None:
         """Write the adapter (safetensors) and its config (JSON) into ``folder``, atomically."""
         folder = Path(folder)
-        state = {k: v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(self.model).items()}
+        # An explicit state dict skips peft's check for 1-D lora_A tensors (meant to catch un-gathered
+        # ZeRO-3 shards), which ScalaBL's log_mu / log_sigma vectors would trip.
+        adapter = get_peft_model_state_dict(self.model, state_dict=self.model.state_dict())
+        state = {k: v.detach().contiguous().cpu() for k, v in adapter.items()}
         with atomic_path(folder / ADAPTER_FILE) as tmp:
             save_file(state, str(tmp), metadata={"format": "pt", "scalabl": __version__})
         write_json(

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,8 @@ from safetensors.torch import save_file
 
 from scalabl import __version__
 from scalabl.api import BayesianLoRA
-from scalabl.data import Splits, load_splits
+from scalabl.config import check_fields
+from scalabl.data import TASKS, Splits, load_splits
 from scalabl.io import atomic_path, write_json, write_text
 from scalabl.methods import MethodConfig
 from scalabl.metrics import compute_metrics
@@ -56,6 +57,8 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         parse_dtype(self.dtype)
+        if self.task not in TASKS:
+            raise ValueError(f"task: unknown task {self.task!r}; allowed: {', '.join(TASKS)}")
         self.n_samples = tuple(int(s) for s in self.n_samples)
         if self.scoring not in SCORING_MODES:
             raise ValueError(f"scoring: {self.scoring!r} not in {SCORING_MODES}")
@@ -80,10 +83,7 @@ class RunConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
         d = dict(d)
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"run config: unknown field(s) {sorted(unknown)}; allowed: {sorted(known)}")
+        check_fields(cls, d, "run config")
         d["method"] = MethodConfig.from_dict(d.get("method", {}))
         d["train"] = TrainConfig.from_dict(d.get("train", {}))
         return cls(**d)
@@ -136,11 +136,10 @@ def evaluate_model(
 def train_run(config: RunConfig, out: str | Path, *, progress: bool = True) -> dict[str, Any]:
     """Train and evaluate one method; returns the metrics written to ``out/metrics.json``."""
     out = Path(out)
-    _check_writable(out)
+    _check_writable(out)  # before the (possibly long) model load
     splits = config.splits()
-    write_json(out / "config.json", {"scalabl_version": __version__, **config.to_dict()})
-
     model, tokenizer = load_model(config.model, dtype=parse_dtype(config.dtype))
+    write_json(out / "config.json", {"scalabl_version": __version__, **config.to_dict()})
     blora = BayesianLoRA(
         model,
         tokenizer,
@@ -239,14 +238,14 @@ def comparison_table(metrics_by_name: dict[str, dict[str, Any]]) -> str:
     return markdown_table(_metric_rows(metrics_by_name), COLUMNS, HEADERS, FORMATS)
 
 
-def _load_curves(run_dir: Path, key: str) -> tuple[torch.Tensor, torch.Tensor]:
+def load_predictions(run_dir: Path, key: str) -> tuple[torch.Tensor, torch.Tensor]:
     from safetensors.torch import load_file
 
     t = load_file(str(run_dir / "predictions.safetensors"))
     return t[f"log_probs_{key}"].exp(), t["labels"]
 
 
-def _history(run_dir: Path) -> list[dict[str, Any]]:
+def load_history(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / "history.jsonl"
     if not path.is_file():
         return []
@@ -260,11 +259,11 @@ def write_run_report(run_dir: str | Path) -> None:
     name = m["method"]
     keys = list(m["eval"])
     plot_reliability(
-        {f"{name} {k}": _load_curves(run_dir, k.replace("=", "")) for k in keys},
+        {f"{name} {k}": load_predictions(run_dir, k.replace("=", "")) for k in keys},
         run_dir / "reliability.png",
         title=f"{name} on {m['task']} (test, n={m['n_test']})",
     )
-    history = _history(run_dir)
+    history = load_history(run_dir)
     plot_keys = ("nll", "sigma_over_mu") if any("sigma" in h for h in history) else ("nll",)
     plot_training_curves({name: history}, run_dir / "training.png", keys=plot_keys)
     lines = [

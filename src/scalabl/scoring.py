@@ -81,7 +81,7 @@ class Scorer:
         if self.max_length > 1_000_000:  # tokenizers without a limit report a huge sentinel
             self.max_length = 2048
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self._cache: dict[tuple[str, str], Encoded] = {}
+        self._cache: dict[Example, Encoded] = {}  # keyed by the whole example: ids may repeat
         self._letter_ids: list[int] | None = None
 
     # ---- tokenisation -------------------------------------------------------------------------
@@ -102,9 +102,8 @@ class Scorer:
         return self._letter_ids[:n]
 
     def encode(self, example: Example) -> Encoded:
-        key = (example.id, self.mode)
-        if key in self._cache:
-            return self._cache[key]
+        if example in self._cache:
+            return self._cache[example]
         tok = self.tokenizer
         if self.mode == "letter":
             prompt = tok.encode(letter_prompt(example), add_special_tokens=True)
@@ -117,6 +116,11 @@ class Scorer:
                 raise ValueError(f"example {example.id}: a choice encodes to no tokens")
             longest = max(len(c) for c in choices)
         budget = self.max_length - longest
+        if budget < 1:
+            raise ValueError(
+                f"example {example.id}: its longest choice ({longest} tokens) leaves no room for the prompt "
+                f"in the model context of {self.max_length} tokens"
+            )
         if len(prompt) > budget:
             log.warning(
                 "example %s: prompt of %d tokens truncated from the left to %d (model context %d)",
@@ -127,7 +131,7 @@ class Scorer:
             )
             prompt = prompt[-budget:]
         enc = Encoded(prompt, choices, len(example.choices))
-        self._cache[key] = enc
+        self._cache[example] = enc
         return enc
 
     # ---- scoring ------------------------------------------------------------------------------
@@ -178,7 +182,7 @@ class Scorer:
 
     def _letter_logits(self, model: nn.Module, encoded: list[Encoded], device: torch.device) -> torch.Tensor:
         c_max = max(e.n_choices for e in encoded)
-        # Raw next-token logits restricted to the letters (a softmax over them gives the classes).
+        # Next-token log-probs at the letters; a softmax over them gives the class probabilities.
         last, _, _ = self._prompt_pass(model, encoded, device, use_cache=False)
         letter_ids = torch.tensor(self.letter_token_ids(c_max), device=device)
         logits = last[:, letter_ids]

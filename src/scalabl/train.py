@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -24,6 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from scalabl.config import check_fields
 from scalabl.data import Example
 from scalabl.methods.base import bayesian_modules, posterior_stats, total_kl, variational_parameters
 from scalabl.scoring import Scorer
@@ -73,10 +74,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"train config: unknown field(s) {sorted(unknown)}; allowed: {sorted(known)}")
+        check_fields(cls, d, "train config")
         return cls(**d)
 
 
@@ -147,17 +145,19 @@ def fit(
             (nll / config.grad_accum).backward()
             nll_sum += nll.item() / config.grad_accum
 
-        kl_value = 0.0
+        kl_value, kl_term = 0.0, 0.0
         if bayesian and config.recipe == "elbo":
             kl_warm = max(1, round(config.kl_warmup_ratio * config.steps))
             weight = config.kl_weight * min(1.0, (step + 1) / kl_warm)
             kl = total_kl(model)
             (weight * kl / n_train).backward()
             kl_value = kl.item()
+            kl_term = weight * kl_value / n_train
         if config.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
         optimizer.step()
-        schedule = scheduler.get_last_lr()[0] / config.lr  # warm-up/decay factor of this step
+        lr_used = optimizer.param_groups[0]["lr"]
+        schedule = lr_used / config.lr  # warm-up/decay factor of this step
         scheduler.step()
 
         if kl_optimizer is not None:
@@ -170,17 +170,17 @@ def fit(
             kl_optimizer.step()
             kl_value = kl.item()
 
-        window.append((nll_sum, kl_value))
+        window.append((nll_sum, kl_value, kl_term))
         if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
-            nll_avg = sum(w[0] for w in window) / len(window)
-            kl_avg = sum(w[1] for w in window) / len(window)
+            nll_avg, kl_avg, term_avg = (sum(w[k] for w in window) / len(window) for k in range(3))
             window.clear()
             record: dict[str, Any] = {
                 "step": step + 1,
                 "nll": nll_avg,
                 "kl": kl_avg,
-                "loss": nll_avg + (config.kl_weight * kl_avg / n_train if bayesian else 0.0),
-                "lr": optimizer.param_groups[0]["lr"],
+                # the objective the optimiser saw: NLL + the warmed-up KL / N (elbo); NLL alone (blob)
+                "loss": nll_avg + term_avg,
+                "lr": lr_used,
                 "seconds": time.perf_counter() - t0,
             }
             stats = posterior_stats(model)

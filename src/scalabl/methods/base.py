@@ -18,12 +18,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
+
+from scalabl.config import check_fields
 
 NOISE_MODES = ("sequence", "shared")
 KL_DIRECTIONS = ("correct", "reference")
@@ -80,10 +82,7 @@ class MethodConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MethodConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"method config: unknown field(s) {sorted(unknown)}; allowed: {sorted(known)}")
+        check_fields(cls, d, "method config")
         return cls(**d)
 
 

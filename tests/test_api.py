@@ -1,0 +1,189 @@
+"""The Python API: wrap -> fit -> predict, evaluate, save -> load."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+import torch
+from conftest import make_byte_tokenizer, make_tiny_llama
+
+from scalabl.api import ADAPTER_CONFIG_FILE, ADAPTER_FILE, BayesianLoRA
+from scalabl.data import Example
+from scalabl.methods import MethodConfig
+
+RANK = 4
+N_MODULES = 4  # q_proj and v_proj in each of the tiny Llama's 2 layers
+
+
+def toy_examples(n: int = 12, seed: int = 0) -> list[Example]:
+    """'a+b=?' with 2, 3 or 4 digit choices (so C_max = 4 and some rows have absent choices)."""
+    rng = random.Random(seed)
+    out = []
+    for k in range(n):
+        a, b = rng.randint(0, 4), rng.randint(0, 4)
+        s = a + b
+        n_choices = 2 + k % 3
+        choices = [s] + rng.sample([d for d in range(10) if d != s], n_choices - 1)
+        rng.shuffle(choices)
+        out.append(
+            Example(
+                id=f"q{k}", question=f"{a}+{b}=?", choices=tuple(map(str, choices)), label=choices.index(s)
+            )
+        )
+    return out
+
+
+def wrap(method: str) -> BayesianLoRA:
+    return BayesianLoRA(make_tiny_llama(), make_byte_tokenizer(), MethodConfig(method=method, rank=RANK))
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple[BayesianLoRA, list[Example]]:
+    """A ScalaBL adapter trained enough that B != 0 (so predictions depend on the adapter)."""
+    examples = toy_examples()
+    blora = wrap("scalabl")
+    blora.fit(examples, steps=6, lr=1e-2, batch_size=4, progress=False)
+    return blora, examples
+
+
+# ---- the five-line use ---------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["mle", "scalabl"])
+def test_wrap_fit_predict_proba(method):
+    examples = toy_examples()
+    blora = wrap(method)
+    history = blora.fit(examples, steps=3, batch_size=4, progress=False)
+    probs = blora.predict_proba(examples, n_samples=3)
+
+    assert len(history) == 1 and history is blora.history
+    assert probs.dtype == torch.float64
+    assert probs.shape == (len(examples), 4)
+    assert (probs >= 0).all()
+    for row, e in zip(probs, examples, strict=True):
+        c = len(e.choices)
+        assert row[:c].sum().item() == pytest.approx(1.0, abs=1e-12)
+        assert (row[c:] == 0).all()  # absent choices have probability 0
+
+    expected_extra = 2 * RANK * N_MODULES if method == "scalabl" else 0
+    assert blora.extra_parameters == expected_extra
+    # LoRA A (r x 32) and B (32 x r or kv-out x r) on every module; ScalaBL's P replaces A.
+    assert blora.lora_parameters > 0
+
+
+def test_extra_parameters_counts_rank_and_modules():
+    blora = BayesianLoRA(
+        make_tiny_llama(),
+        make_byte_tokenizer(),
+        MethodConfig(method="scalabl", rank=2, target_modules=("q_proj", "k_proj", "v_proj")),
+    )
+    assert blora.extra_parameters == 2 * 2 * 3 * 2
+
+
+def test_deterministic_method_ignores_n_samples():
+    examples = toy_examples(6)
+    blora = wrap("mle")
+    torch.testing.assert_close(
+        blora.predict_proba(examples, n_samples=3), blora.predict_proba(examples, n_samples=0), rtol=0, atol=0
+    )
+
+
+def test_sampled_predictions_are_seeded(trained):
+    blora, examples = trained
+    a = blora.predict_log_proba(examples, n_samples=3, seed=1)
+    b = blora.predict_log_proba(examples, n_samples=3, seed=1)
+    c = blora.predict_log_proba(examples, n_samples=3, seed=2)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_negative_n_samples_raises(trained):
+    blora, examples = trained
+    with pytest.raises(ValueError, match="n_samples"):
+        blora.predict_proba(examples, n_samples=-1)
+
+
+def test_fit_overrides_config_fields():
+    history = wrap("mle").fit(toy_examples(4), steps=4, batch_size=2, log_every=2, progress=False)
+    assert [h["step"] for h in history] == [2, 4]
+    with pytest.raises(TypeError):
+        wrap("mle").fit(toy_examples(4), not_a_field=1, progress=False)
+
+
+# ---- evaluate ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("n_samples", [0, 3])
+def test_evaluate_metrics_in_range(trained, n_samples):
+    blora, examples = trained
+    m = blora.evaluate(examples, n_samples=n_samples)
+    assert set(m) >= {"acc", "ece", "nll", "brier"}
+    assert 0.0 <= m["acc"] <= 1.0
+    assert 0.0 <= m["ece"] <= 1.0
+    assert m["nll"] >= 0.0 and math.isfinite(m["nll"])
+    assert 0.0 <= m["brier"] <= 2.0
+    # acc agrees with the argmax of the predictions
+    probs = blora.predict_proba(examples, n_samples=n_samples)
+    labels = torch.tensor([e.label for e in examples])
+    assert m["acc"] == pytest.approx((probs.argmax(-1) == labels).double().mean().item())
+    nll = -probs[torch.arange(len(examples)), labels].log().mean().item()
+    assert m["nll"] == pytest.approx(nll, rel=1e-9)
+
+
+# ---- save / load ---------------------------------------------------------------------------------
+def test_save_load_round_trip(trained, tmp_path):
+    blora, examples = trained
+    blora.save(tmp_path, note="hello")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([ADAPTER_FILE, ADAPTER_CONFIG_FILE])
+    assert ADAPTER_FILE == "adapter.safetensors" and ADAPTER_CONFIG_FILE == "adapter_config.json"
+    meta = json.loads((tmp_path / ADAPTER_CONFIG_FILE).read_text())
+    assert meta["method"] == blora.config.to_dict()
+    assert meta["scoring"] == "continuation"
+    assert meta["note"] == "hello"
+
+    loaded = BayesianLoRA.load(tmp_path, make_tiny_llama(), make_byte_tokenizer())
+    assert loaded.config == blora.config
+    assert loaded.extra_parameters == blora.extra_parameters
+    for n_samples in (0, 4):
+        original = blora.predict_log_proba(examples, n_samples=n_samples, seed=3)
+        restored = loaded.predict_log_proba(examples, n_samples=n_samples, seed=3)
+        torch.testing.assert_close(restored, original, rtol=0, atol=1e-12)
+
+    # The adapter matters: a fresh (untrained, B = 0) wrap predicts differently.
+    fresh = wrap("scalabl").predict_log_proba(examples, n_samples=0)
+    assert not torch.allclose(fresh, blora.predict_log_proba(examples, n_samples=0))
+
+
+def test_save_load_mle(tmp_path):
+    examples = toy_examples(6)
+    blora = wrap("mle")
+    blora.fit(examples, steps=3, lr=1e-2, batch_size=3, progress=False)
+    blora.save(tmp_path)
+    loaded = BayesianLoRA.load(tmp_path, make_tiny_llama(), make_byte_tokenizer())
+    assert loaded.config.method == "mle" and loaded.extra_parameters == 0
+    torch.testing.assert_close(
+        loaded.predict_log_proba(examples, n_samples=0),
+        blora.predict_log_proba(examples, n_samples=0),
+        rtol=0,
+        atol=1e-12,
+    )
+
+
+def test_load_without_adapter_files_raises(tmp_path):
+    with pytest.raises(FileNotFoundError, match="adapter"):
+        BayesianLoRA.load(tmp_path, make_tiny_llama(), make_byte_tokenizer())
+    (tmp_path / ADAPTER_CONFIG_FILE).write_text("{}")  # config alone is not enough
+    with pytest.raises(FileNotFoundError):
+        BayesianLoRA.load(tmp_path, make_tiny_llama(), make_byte_tokenizer())
+    with pytest.raises(FileNotFoundError):
+        BayesianLoRA.load(tmp_path / "missing", make_tiny_llama(), make_byte_tokenizer())
+
+
+# ---- known bug -----------------------------------------------------------------------------------
+def test_examples_reusing_an_id_are_scored_by_their_own_text():
+    first = Example(id="0", question="Is the sky blue?", choices=("yes", "no"), label=0)
+    second = Example(id="0", question="What colour is grass?", choices=("green", "red", "blue"), label=0)
+    blora = wrap("mle")
+    blora.predict_proba([first], n_samples=0)  # fills the encoding cache under id "0"
+    got = blora.predict_proba([second], n_samples=0)
+    expected = wrap("mle").predict_proba([second], n_samples=0)  # a fresh scorer, same weights
+    torch.testing.assert_close(got, expected)

@@ -1,0 +1,302 @@
+"""The command line: train and evaluate on a tiny local model, --help, and bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import make_byte_tokenizer, make_tiny_llama
+from safetensors.torch import load_file
+
+from scalabl import cli
+from scalabl.cli import build_parser, main
+from scalabl.data import TASKS
+from scalabl.methods import METHODS
+
+RUN_FILES = {
+    "config.json",
+    "adapter.safetensors",
+    "adapter_config.json",
+    "metrics.json",
+    "history.jsonl",
+    "predictions.safetensors",
+    "report.md",
+    "reliability.png",
+    "training.png",
+}
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def run(argv: list[str]) -> int:
+    """main()'s exit code, whether it returns it or argparse raises SystemExit."""
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    model = make_tiny_llama()
+    tokenizer = make_byte_tokenizer()
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def train_argv(model_dir: Path, out: Path, method: str = "scalabl", **extra: str) -> list[str]:
+    argv = [
+        "train",
+        "--model",
+        str(model_dir),
+        "--task",
+        "arc_easy",
+        "--method",
+        method,
+        "--steps",
+        "3",
+        "--batch-size",
+        "2",
+        "--max-train",
+        "8",
+        "--max-test",
+        "6",
+        "--n-samples",
+        "2,0",
+        "--rank",
+        "2",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+    for flag, value in extra.items():
+        argv += [f"--{flag.replace('_', '-')}", value]
+    return argv
+
+
+@pytest.fixture(scope="module", params=["scalabl", "mle"])
+def cli_run(request, model_dir, tmp_path_factory) -> dict:
+    """`scalabl train` then `scalabl evaluate --n-samples 3` on one run folder; records both stages."""
+    method = request.param
+    out = tmp_path_factory.mktemp("cli-runs") / f"{method}-run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        train_rc = run(train_argv(model_dir, out, method))
+        after_train = {
+            "files": {p.name for p in out.iterdir()},
+            "metrics": json.loads((out / "metrics.json").read_text()),
+            "predictions": load_file(str(out / "predictions.safetensors")),
+            "history": (out / "history.jsonl").read_text().splitlines(),
+        }
+        eval_rc = run(["evaluate", str(out), "--n-samples", "3", "--quiet"])
+        after_eval = {
+            "metrics": json.loads((out / "metrics.json").read_text()),
+            "predictions": load_file(str(out / "predictions.safetensors")),
+            "report": (out / "report.md").read_text(),
+        }
+    return {
+        "method": method,
+        "out": out,
+        "train_rc": train_rc,
+        "eval_rc": eval_rc,
+        "train": after_train,
+        "eval": after_eval,
+    }
+
+
+# ---- train / evaluate ----------------------------------------------------------------------------
+def test_train_writes_the_run_folder(cli_run):
+    assert cli_run["train_rc"] == 0
+    t = cli_run["train"]
+    assert t["files"] >= RUN_FILES
+    m = t["metrics"]
+    expected = {"S=2", "S=0"} if cli_run["method"] == "scalabl" else {"S=0"}
+    assert set(m["eval"]) == expected
+    assert m["method"] == cli_run["method"]
+    assert m["n_test"] == 6 and m["n_train"] == 8 and m["train_steps"] == 3
+    assert m["extra_parameters"] == (2 * 2 * 4 if cli_run["method"] == "scalabl" else 0)
+    assert set(t["predictions"]) == {"labels"} | {f"log_probs_{k.replace('=', '')}" for k in expected}
+    assert len(t["history"]) == 1  # 3 steps, logged every 10 and at the last step
+    assert json.loads(t["history"][0])["step"] == 3
+
+    config = json.loads((cli_run["out"] / "config.json").read_text())
+    assert config["method"]["method"] == cli_run["method"]
+    assert config["method"]["rank"] == 2
+    assert config["train"]["steps"] == 3 and config["train"]["batch_size"] == 2
+    assert config["max_train"] == 8 and config["max_test"] == 6 and config["n_samples"] == [2, 0]
+
+
+def test_evaluate_rewrites_metrics(cli_run):
+    assert cli_run["eval_rc"] == 0
+    m = cli_run["eval"]["metrics"]
+    expected = {"S=3"} if cli_run["method"] == "scalabl" else {"S=0"}  # deterministic: S=0 only
+    assert set(m["eval"]) == expected
+    assert set(cli_run["eval"]["predictions"]) == {"labels"} | {
+        f"log_probs_{k.replace('=', '')}" for k in expected
+    }
+    # training-time fields survive the rewrite
+    before = cli_run["train"]["metrics"]
+    for key in ("n_train", "train_seconds", "final_train_nll", "lora_parameters", "extra_parameters"):
+        assert m[key] == before[key]
+    if cli_run["method"] == "mle":  # the same adapter, re-loaded, predicts the same
+        assert m["eval"]["S=0"]["nll"] == pytest.approx(before["eval"]["S=0"]["nll"], rel=1e-12)
+        assert m["eval"]["S=0"]["acc"] == before["eval"]["S=0"]["acc"]
+    key = next(iter(expected))
+    assert f"| {key.split('=')[1]} |" in cli_run["eval"]["report"]
+
+
+def test_train_prints_the_table(model_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = train_argv(model_dir, out, "mle")
+    argv[argv.index("--steps") + 1] = "1"
+    argv[argv.index("--max-test") + 1] = "2"
+    assert run(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| mle |" in printed and "ECE (%)" in printed and str(out) in printed
+
+
+# ---- --help --------------------------------------------------------------------------------------
+HELP_OPTIONS = {
+    "train": [o[0] for o in cli.OPTIONS]
+    + ["--targets", "--length-norm", "--n-samples", "--config", "--out", "--quiet"],
+    "evaluate": ["run_dir", "--n-samples", "--max-test", "--quiet"],
+    "demo": ["--out", "--quick", "--quiet"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(HELP_OPTIONS))
+def test_subcommand_help(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert f"usage: scalabl {command}" in text
+    for option in HELP_OPTIONS[command]:
+        assert option in text, option
+
+
+def test_top_level_help_lists_subcommands(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for command in HELP_OPTIONS:
+        assert command in text
+
+
+def test_method_and_task_help_list_the_choices(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for name in (*METHODS, *TASKS):
+        assert name in text
+
+
+# ---- bad input -----------------------------------------------------------------------------------
+def test_unknown_method(model_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run(train_argv(model_dir, out, "nope")) == 2
+    err = capsys.readouterr().err
+    assert "nope" in err
+    for name in METHODS:
+        assert name in err
+    assert not out.exists()
+
+
+def test_unknown_task(model_dir, tmp_path, capsys):
+    argv = train_argv(model_dir, tmp_path / "run")
+    argv[argv.index("--task") + 1] = "nope"
+    assert run(argv) == 2
+    err = capsys.readouterr().err
+    assert "nope" in err
+    for name in TASKS:
+        assert name in err
+
+
+def test_missing_model_folder(tmp_path, capsys):
+    argv = train_argv(Path("/nonexistent/folder"), tmp_path / "run")
+    code = run(argv)
+    assert code != 0
+    err = capsys.readouterr().err
+    assert "error" in err and "/nonexistent/folder" in err
+    assert "Traceback" not in err
+
+
+def test_unwritable_out_fails_before_training(model_dir, tmp_path, capsys, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    loaded = []
+    monkeypatch.setattr("scalabl.runs.load_model", lambda *a, **k: loaded.append(a) or pytest.fail("loaded"))
+    assert run(train_argv(model_dir, blocker / "run")) == 2
+    err = capsys.readouterr().err
+    assert "not writable" in err and str(blocker / "run") in err
+    assert loaded == []
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["train", "--steps", "three"],
+        ["train", "--no-such-flag"],
+        ["evaluate"],
+        ["frobnicate"],
+    ],
+)
+def test_argparse_errors_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "field"), [("--steps", "0", "steps"), ("--lr", "-1", "lr"), ("--rank", "0", "rank")]
+)
+def test_invalid_values_exit_2_naming_the_field(model_dir, tmp_path, capsys, flag, value, field):
+    argv = train_argv(model_dir, tmp_path / "run")
+    argv += [flag, value]  # argparse keeps the last occurrence
+    assert run(argv) == 2
+    assert field in capsys.readouterr().err
+
+
+def test_evaluate_a_folder_that_is_not_a_run(tmp_path, capsys):
+    assert run(["evaluate", str(tmp_path), "--quiet"]) == 2
+    assert "config.json" in capsys.readouterr().err
+
+
+# ---- --config and flags --------------------------------------------------------------------------
+def test_config_file_with_flag_overrides(tmp_path):
+    from scalabl.runs import RunConfig
+
+    base = RunConfig(task="arc_challenge", max_test=7, n_samples=(5,))
+    base.train.steps = 11
+    base.method.rank = 3
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(base.to_dict()))
+    args = build_parser().parse_args(
+        ["train", "--config", str(path), "--steps", "4", "--targets", "q_proj, k_proj", "--n-samples", "1,0"]
+    )
+    config = cli._run_config(args)
+    assert config.task == "arc_challenge" and config.max_test == 7  # from the file
+    assert config.method.rank == 3
+    assert config.train.steps == 4  # the flag wins
+    assert config.method.target_modules == ("q_proj", "k_proj")
+    assert config.n_samples == (1, 0)
+
+
+def test_bad_config_file(tmp_path, capsys):
+    path = tmp_path / "bad.json"
+    path.write_text("{not json")
+    assert run(["train", "--config", str(path), "--out", str(tmp_path / "run"), "--quiet"]) != 0
+    unknown = tmp_path / "unknown.json"
+    unknown.write_text(json.dumps({"modle": "x"}))
+    assert run(["train", "--config", str(unknown), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    assert "modle" in capsys.readouterr().err

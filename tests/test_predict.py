@@ -1,0 +1,122 @@
+"""Prediction (DESIGN §1): the Bayesian model average in float64 log space and predict_log_proba."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_tiny_llama
+
+from scalabl.data import Example
+from scalabl.methods import MethodConfig
+from scalabl.methods.base import lora_layers
+from scalabl.methods.scalabl import ScalaBL
+from scalabl.predict import bayesian_model_average, predict_log_proba
+from scalabl.scoring import Scorer
+
+EXAMPLES = [
+    Example("p0", "Which is warm?", ("sun", "snow"), 0),
+    Example("p1", "What do plants need to grow?", ("water", "light and air", "rocks"), 1),
+    Example("p2", "Pick one.", ("a", "bb", "ccc", "dd"), 2),
+]
+
+
+@pytest.fixture
+def model():
+    model = ScalaBL(MethodConfig(rank=4, sigma_init=0.5)).wrap(make_tiny_llama())
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _, layer in lora_layers(model):
+            w = layer.lora_B["default"].weight
+            w.copy_(0.3 * torch.randn(w.shape, generator=g))
+    return model
+
+
+# ---- bayesian_model_average --------------------------------------------------------------------------
+def test_bma_matches_hand_computation():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(4, 3, 5))
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    expected = np.log(np.exp(log_probs).mean(axis=0))
+    got = bayesian_model_average(torch.tensor(log_probs, dtype=torch.float32))
+    assert got.dtype == torch.float64 and got.shape == (3, 5)
+    np.testing.assert_allclose(got.numpy(), expected, atol=1e-6)
+    np.testing.assert_allclose(np.exp(got.numpy()).sum(-1), 1.0, atol=1e-6)
+    # One sample: the average is that sample.
+    np.testing.assert_allclose(bayesian_model_average(torch.tensor(log_probs[:1])).numpy(), log_probs[0])
+
+
+def test_bma_is_exact_for_very_negative_log_probs():
+    lp = torch.tensor([[[-1000.0, -1001.0]], [[-1002.0, -1000.0]]], dtype=torch.float64)  # [S=2, N=1, C=2]
+    assert np.all(np.exp(lp.numpy()) == 0.0), "naive exp underflows here"
+    got = bayesian_model_average(lp)
+    assert torch.isfinite(got).all()
+    # log((e^a + e^b) / 2) = max + log((1 + e^(min-max)) / 2)
+    expected = np.array(
+        [[-1000.0 + np.log((1 + np.exp(-2.0)) / 2), -1000.0 + np.log((1 + np.exp(-1.0)) / 2)]]
+    )
+    np.testing.assert_allclose(got.numpy(), expected, rtol=0, atol=1e-12)
+
+
+def test_bma_keeps_absent_choices_at_minus_inf():
+    lp = torch.log(torch.tensor([[[0.3, 0.7, 0.0]], [[0.5, 0.5, 0.0]]]))
+    got = bayesian_model_average(lp)
+    assert torch.isneginf(got[0, 2])
+    torch.testing.assert_close(got[0, :2].exp(), torch.tensor([0.4, 0.6], dtype=torch.float64))
+
+
+# ---- predict_log_proba ---------------------------------------------------------------------------------
+def assert_log_distributions(lp: torch.Tensor) -> None:
+    assert lp.dtype == torch.float64
+    torch.testing.assert_close(torch.logsumexp(lp, dim=-1), torch.zeros(lp.shape[:-1], dtype=torch.float64))
+
+
+def test_posterior_mean_prediction(model, tokenizer):
+    scorer = Scorer(tokenizer)
+    model.train()
+    first = predict_log_proba(model, scorer, EXAMPLES, n_samples=0, batch_size=3)
+    assert model.training, "predict must restore the training flag"
+    second = predict_log_proba(model, scorer, EXAMPLES, n_samples=0, batch_size=3)
+    assert first.shape == (3, 4)
+    assert_log_distributions(first)
+    assert torch.equal(first, second), "n_samples=0 must be deterministic"
+    assert torch.isneginf(first[0, 2:]).all() and torch.isneginf(first[1, 3])
+    model.eval()
+    with torch.no_grad():
+        mean_logits = scorer.class_logits(model, EXAMPLES, sample=False)
+    torch.testing.assert_close(first, torch.log_softmax(mean_logits.double(), dim=-1), atol=1e-9, rtol=0)
+    # Other batchings change only the padding, not the answer.
+    rebatched = predict_log_proba(model, scorer, EXAMPLES, n_samples=0, batch_size=2)
+    torch.testing.assert_close(rebatched, first, atol=1e-4, rtol=0)
+
+
+def test_sampled_prediction_is_reproducible_and_averages_its_samples(model, tokenizer):
+    scorer = Scorer(tokenizer)
+    n = 3
+    avg, samples = predict_log_proba(model, scorer, EXAMPLES, n_samples=n, seed=5, return_samples=True)
+    again = predict_log_proba(model, scorer, EXAMPLES, n_samples=n, seed=5)
+    other = predict_log_proba(model, scorer, EXAMPLES, n_samples=n, seed=6)
+    mean = predict_log_proba(model, scorer, EXAMPLES, n_samples=0)
+    assert avg.shape == (3, 4) and samples.shape == (n, 3, 4)
+    assert_log_distributions(avg)
+    assert_log_distributions(samples)
+    torch.testing.assert_close(avg, again, atol=0, rtol=0)
+    torch.testing.assert_close(avg, bayesian_model_average(samples), atol=1e-12, rtol=0)
+    finite = torch.isfinite(avg)
+    assert not torch.allclose(avg[finite], other[finite]), "a different seed must give different samples"
+    assert not torch.allclose(avg[finite], mean[finite]), "samples must differ from the posterior mean"
+    assert not torch.allclose(samples[0][finite], samples[1][finite]), "the S samples must differ"
+
+
+def test_posterior_mean_returns_one_sample_row(model, tokenizer):
+    avg, samples = predict_log_proba(model, Scorer(tokenizer), EXAMPLES, n_samples=0, return_samples=True)
+    assert samples.shape == (1, 3, 4)
+    torch.testing.assert_close(avg, samples[0])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"), [({"n_samples": -1}, "n_samples"), ({"batch_size": 0}, "batch_size")]
+)
+def test_predict_rejects_bad_arguments(model, tokenizer, kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        predict_log_proba(model, Scorer(tokenizer), EXAMPLES, **kwargs)

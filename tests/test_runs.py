@@ -1,0 +1,188 @@
+"""Runs: RunConfig (de)serialisation and validation, train_run -> run folder -> load_run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_byte_tokenizer, make_tiny_llama
+from safetensors.torch import load_file
+
+from scalabl.methods import MethodConfig
+from scalabl.runs import RunConfig, comparison_table, evaluate_model, load_run, train_run
+from scalabl.train import TrainConfig
+
+RUN_FILES = {
+    "config.json",
+    "adapter.safetensors",
+    "adapter_config.json",
+    "metrics.json",
+    "history.jsonl",
+    "predictions.safetensors",
+    "report.md",
+    "reliability.png",
+    "training.png",
+}
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def save_tiny_model(folder: Path) -> Path:
+    model = make_tiny_llama()
+    tokenizer = make_byte_tokenizer()
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+# ---- RunConfig -----------------------------------------------------------------------------------
+def test_run_config_round_trip():
+    config = RunConfig(
+        model="some/folder",
+        task="arc_challenge",
+        max_train=10,
+        max_test=5,
+        n_samples=[4, 0],
+        method=MethodConfig(method="mle", rank=2, target_modules=["q_proj"]),
+        train=TrainConfig(steps=3, recipe="blob", variational_lr=1e-3),
+    )
+    assert config.n_samples == (4, 0)  # normalised to a tuple
+    d = config.to_dict()
+    assert RunConfig.from_dict(d) == config
+    # ... and through JSON, as config.json is written and read
+    assert RunConfig.from_dict(json.loads(json.dumps(d))) == config
+    assert d["method"]["rank"] == 2 and d["train"]["recipe"] == "blob"
+    assert RunConfig.from_dict(RunConfig().to_dict()) == RunConfig()
+
+
+def test_run_config_from_partial_dict_uses_defaults():
+    config = RunConfig.from_dict({"task": "arc_challenge", "train": {"steps": 5}})
+    assert config.task == "arc_challenge"
+    assert config.train == TrainConfig(steps=5)
+    assert config.method == MethodConfig()
+
+
+@pytest.mark.parametrize(
+    ("d", "name"),
+    [
+        ({"modle": "x"}, "modle"),
+        ({"method": {"rnk": 2}}, "rnk"),
+        ({"train": {"stepz": 2}}, "stepz"),
+    ],
+)
+def test_run_config_unknown_field_raises(d, name):
+    with pytest.raises(ValueError, match=name):
+        RunConfig.from_dict(d)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"n_samples": (3, -1)}, "n_samples"),
+        ({"n_samples": ()}, "n_samples"),
+        ({"scoring": "nope"}, "scoring"),
+        ({"dtype": "int3"}, "dtype"),
+        ({"max_test": 0}, "max_test"),
+        ({"max_train": 0}, "max_train"),
+        ({"eval_batch_size": 0}, "eval_batch_size"),
+    ],
+)
+def test_run_config_validation(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        RunConfig(**kwargs)
+
+
+# ---- a run, in Python ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> tuple[RunConfig, Path, dict]:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        model_dir = save_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+        out = tmp_path_factory.mktemp("runs") / "scalabl-run"
+        config = RunConfig(
+            model=str(model_dir),
+            task="arc_easy",
+            max_train=6,
+            max_test=4,
+            n_samples=(2, 0),
+            method=MethodConfig(method="scalabl", rank=2),
+            train=TrainConfig(steps=2, batch_size=3, lr=1e-2, log_every=1),
+        )
+        metrics = train_run(config, out, progress=False)
+    return config, out, metrics
+
+
+def test_train_run_writes_the_run_folder(run_dir):
+    config, out, metrics = run_dir
+    assert {p.name for p in out.iterdir()} >= RUN_FILES
+    assert not list(out.glob(".*"))  # no temp or write-test files left behind
+
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk == json.loads(json.dumps(metrics))
+    assert set(metrics["eval"]) == {"S=2", "S=0"}
+    assert metrics["n_test"] == 4 and metrics["n_train"] == 6
+    assert metrics["extra_parameters"] == 2 * 2 * 4  # 2r x (q_proj, v_proj) x 2 layers
+    for r in metrics["eval"].values():
+        assert 0 <= r["acc"] <= 1 and 0 <= r["ece"] <= 1 and r["nll"] >= 0 and 0 <= r["brier"] <= 2
+
+    saved = json.loads((out / "config.json").read_text())
+    assert "scalabl_version" in saved
+    saved.pop("scalabl_version")
+    assert RunConfig.from_dict(saved) == config
+
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history] == [1, 2]
+    assert "sigma" in history[-1]
+    assert metrics["final_train_nll"] == pytest.approx(history[-1]["nll"])
+
+    preds = load_file(str(out / "predictions.safetensors"))
+    assert set(preds) == {"labels", "log_probs_S2", "log_probs_S0"}
+    assert preds["labels"].shape == (4,)
+    assert preds["log_probs_S0"].dtype == torch.float64
+
+    report = (out / "report.md").read_text()
+    assert "reliability.png" in report and "training.png" in report and "sigma" in report
+
+
+def test_load_run_reproduces_the_saved_predictions(run_dir):
+    config, out, _ = run_dir
+    loaded_config, blora = load_run(out)
+    assert loaded_config == config
+    test = config.splits().test[: config.max_test]
+    preds = load_file(str(out / "predictions.safetensors"))
+    for s in config.n_samples:
+        log_probs = blora.predict_log_proba(
+            test, s, batch_size=config.eval_batch_size, seed=config.train.seed
+        )
+        torch.testing.assert_close(log_probs, preds[f"log_probs_S{s}"], rtol=0, atol=1e-12)
+
+
+def test_evaluate_model_rewrites_predictions(run_dir, tmp_path):
+    config, out, _ = run_dir
+    _, blora = load_run(out)
+    result = evaluate_model(
+        blora, RunConfig.from_dict({**config.to_dict(), "n_samples": [3]}), tmp_path, progress=False
+    )
+    assert set(result["eval"]) == {"S=3"}
+    assert result["eval"]["S=3"]["n_samples"] == 3
+    assert set(load_file(str(tmp_path / "predictions.safetensors"))) == {"labels", "log_probs_S3"}
+
+
+def test_comparison_table(run_dir):
+    _, _, metrics = run_dir
+    table = comparison_table({"scalabl": metrics, "other": metrics})
+    lines = table.splitlines()
+    assert len(lines) == 2 + 4  # header, separator, 2 methods x 2 sample counts
+    assert "ECE (%)" in lines[0]
+    assert sum("scalabl" in line for line in lines) == 2
+
+
+def test_load_run_needs_a_run_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_run(tmp_path)
