@@ -11,12 +11,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from scalabl.choices import EMBEDDED_MODEL, KL_DIRECTIONS, METHOD_NAMES, NOISE_MODES, RECIPES, SCORING_MODES
 from scalabl.data import TASKS
-from scalabl.methods import METHODS
-from scalabl.methods.base import KL_DIRECTIONS, NOISE_MODES
-from scalabl.models import EMBEDDED_MODEL
-from scalabl.scoring import SCORING_MODES
-from scalabl.train import RECIPES
 
 # (flag, section, field, type, help); section "run" = RunConfig, "method", "train".
 OPTIONS: list[tuple[str, str, str, Any, str]] = [
@@ -34,7 +30,7 @@ OPTIONS: list[tuple[str, str, str, Any, str]] = [
     ("--max-test", "run", "max_test", int, "evaluate on the first N test examples only"),
     ("--scoring", "run", "scoring", str, f"scoring mode: {', '.join(SCORING_MODES)}"),
     ("--eval-batch-size", "run", "eval_batch_size", int, "examples per evaluation batch"),
-    ("--method", "method", "method", str, f"method: {', '.join(METHODS)}"),
+    ("--method", "method", "method", str, f"method: {', '.join(METHOD_NAMES)}"),
     ("--rank", "method", "rank", int, "LoRA rank r"),
     ("--alpha", "method", "alpha", float, "LoRA alpha (scaling alpha / r)"),
     ("--dropout", "method", "dropout", float, "LoRA dropout"),

@@ -24,10 +24,10 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from scalabl.choices import SCORING_MODES
 from scalabl.data import Example
 from scalabl.methods.base import clear_noise, draw_noise, sampling, select_noise
 
-SCORING_MODES = ("continuation", "letter")
 LETTERS = string.ascii_uppercase
 log = logging.getLogger(__name__)
 

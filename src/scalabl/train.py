@@ -24,12 +24,11 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from scalabl.choices import RECIPES
 from scalabl.config import check_fields
 from scalabl.data import Example
 from scalabl.methods.base import bayesian_modules, posterior_stats, total_kl, variational_parameters
 from scalabl.scoring import Scorer
-
-RECIPES = ("elbo", "blob")
 
 
 @dataclass

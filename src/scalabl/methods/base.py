@@ -25,10 +25,8 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
+from scalabl.choices import KL_DIRECTIONS, NOISE_MODES
 from scalabl.config import check_fields
-
-NOISE_MODES = ("sequence", "shared")
-KL_DIRECTIONS = ("correct", "reference")
 
 
 @dataclass

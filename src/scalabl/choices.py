@@ -1,0 +1,10 @@
+"""The allowed values of the string options, in one light module (the CLI imports it without torch)."""
+
+from __future__ import annotations
+
+METHOD_NAMES = ("mle", "scalabl")  # registry order; tests check it matches scalabl.methods.METHODS
+NOISE_MODES = ("sequence", "shared")
+KL_DIRECTIONS = ("correct", "reference")
+SCORING_MODES = ("continuation", "letter")
+RECIPES = ("elbo", "blob")
+EMBEDDED_MODEL = "smollm2-135m-instruct"
