@@ -120,3 +120,31 @@ def test_posterior_mean_returns_one_sample_row(model, tokenizer):
 def test_predict_rejects_bad_arguments(model, tokenizer, kwargs, field):
     with pytest.raises(ValueError, match=field):
         predict_log_proba(model, Scorer(tokenizer), EXAMPLES, **kwargs)
+
+
+def test_samples_run_as_one_batch_match_the_loop(model, tokenizer):
+    """S copies in one forward: with S = 1 it is the loop exactly; with S > 1 the copies are distinct samples."""
+    scorer = Scorer(tokenizer)
+    one_loop = predict_log_proba(model, scorer, EXAMPLES, n_samples=1, seed=3, batch_size=2)
+    one_batched = predict_log_proba(
+        model, scorer, EXAMPLES, n_samples=1, seed=3, batch_size=2, batch_samples=True
+    )
+    torch.testing.assert_close(one_batched, one_loop, atol=1e-6, rtol=0)
+
+    avg, samples = predict_log_proba(
+        model, scorer, EXAMPLES, n_samples=4, seed=3, batch_samples=True, return_samples=True
+    )
+    assert samples.shape == (4, 3, 4)
+    assert_log_distributions(avg)
+    torch.testing.assert_close(avg, bayesian_model_average(samples), atol=1e-12, rtol=0)
+    finite = torch.isfinite(samples[0])
+    assert all(not torch.allclose(samples[0][finite], samples[k][finite]) for k in range(1, 4))
+    # Each copy is one posterior sample of the same model: on a posterior with tiny sigma all agree.
+    with torch.no_grad():
+        for m in model.modules():
+            if hasattr(m, "log_sigma"):
+                m.log_sigma.fill_(-30.0)
+    tight = predict_log_proba(model, scorer, EXAMPLES, n_samples=4, batch_samples=True)
+    torch.testing.assert_close(
+        tight, predict_log_proba(model, scorer, EXAMPLES, n_samples=0), atol=1e-5, rtol=0
+    )

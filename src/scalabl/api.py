@@ -99,10 +99,12 @@ class BayesianLoRA:
         batch_size: int = 8,
         seed: int = 0,
         progress: bool = False,
+        batch_samples: bool = False,
     ) -> torch.Tensor:
         """Predictive log-probabilities ``[N, C_max]`` (float64); ``n_samples=0`` = posterior mean.
 
-        Deterministic methods ignore ``n_samples`` and run one pass.
+        Deterministic methods ignore ``n_samples`` and run one pass. ``batch_samples=True`` runs
+        the S samples as one forward of S x batch sequences (see :func:`scalabl.predict.predict_log_proba`).
         """
         if n_samples < 0:
             raise ValueError(f"n_samples: must be >= 0 (0 = posterior mean), got {n_samples}")
@@ -116,6 +118,7 @@ class BayesianLoRA:
             batch_size=batch_size,
             seed=seed,
             progress=progress,
+            batch_samples=batch_samples,
         )
 
     def predict_proba(self, examples: Sequence[Example], n_samples: int = 10, **kwargs: Any) -> torch.Tensor:

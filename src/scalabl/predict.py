@@ -14,6 +14,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from scalabl.data import Example
+from scalabl.methods.base import bayesian_modules
 from scalabl.scoring import Scorer
 
 
@@ -21,6 +22,10 @@ def bayesian_model_average(sample_log_probs: torch.Tensor) -> torch.Tensor:
     """Average S predictive distributions given as log-probs ``[S, N, C]``; returns ``[N, C]`` float64."""
     lp = sample_log_probs.double()
     return torch.logsumexp(lp, dim=0) - math.log(lp.shape[0])
+
+
+def _shared_noise(model: nn.Module) -> bool:
+    return any(getattr(m, "noise_mode", "sequence") == "shared" for m in bayesian_modules(model))
 
 
 @torch.no_grad()
@@ -34,8 +39,13 @@ def predict_log_proba(
     seed: int = 0,
     progress: bool = False,
     return_samples: bool = False,
+    batch_samples: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Predictive log-probabilities ``[N, C_max]`` (float64; ``-inf`` for absent choices).
+
+    ``batch_samples=True`` runs the S samples of a batch as one forward of S x B sequences (each
+    copy gets its own per-sequence noise); the default runs S forwards of B sequences. With
+    ``noise="shared"`` (one draw per forward) samples always run one forward each.
 
     With ``return_samples=True`` also returns the per-sample log-probs ``[max(S, 1), N, C_max]``.
     """
@@ -52,12 +62,19 @@ def predict_log_proba(
     for start in tqdm(batches, desc=f"predict S={n_samples}", disable=not progress, dynamic_ncols=True):
         batch = examples[start : start + batch_size]
         if n_samples == 0:
-            passes = [scorer.class_logits(model, batch, sample=False)]
+            logits = scorer.class_logits(model, batch, sample=False)[None]
+        elif batch_samples and not _shared_noise(model):
+            # S copies of the batch in one forward: per-sequence noise makes each copy its own sample.
+            logits = scorer.class_logits(model, list(batch) * n_samples, sample=True, generator=generator)
+            logits = logits.view(n_samples, len(batch), -1)
         else:
-            passes = [
-                scorer.class_logits(model, batch, sample=True, generator=generator) for _ in range(n_samples)
-            ]
-        lp = torch.stack([torch.log_softmax(z.double(), dim=-1) for z in passes])  # [S, B, C]
+            logits = torch.stack(
+                [
+                    scorer.class_logits(model, batch, sample=True, generator=generator)
+                    for _ in range(n_samples)
+                ]
+            )
+        lp = torch.log_softmax(logits.double(), dim=-1)  # [S, B, C]
         pad = torch.full((lp.shape[0], lp.shape[1], c_max - lp.shape[2]), float("-inf"), dtype=lp.dtype)
         chunks.append(torch.cat([lp.cpu(), pad], dim=-1))
     model.train(was_training)
