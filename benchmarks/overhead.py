@@ -95,7 +95,11 @@ def main() -> None:
     llama_qv_extra, _ = count_extra(llama_cfg, ("q_proj", "v_proj"))
 
     result = {
-        "machine": {"cpus": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__},
+        "machine": {
+            "cpus": torch.get_num_threads(),
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+        },
         "step_time": {
             "batch_size": args.batch_size,
             "repeats": args.repeats,
