@@ -158,7 +158,7 @@ def test_load_run_reproduces_the_saved_predictions(run_dir):
     preds = load_file(str(out / "predictions.safetensors"))
     for s in config.n_samples:
         log_probs = blora.predict_log_proba(
-            test, s, batch_size=config.eval_batch_size, seed=config.train.seed
+            test, s, batch_size=config.eval_batch_size, seed=config.train.seed, batch_samples=True
         )
         torch.testing.assert_close(log_probs, preds[f"log_probs_S{s}"], rtol=0, atol=1e-12)
 

@@ -17,8 +17,8 @@ from scalabl.runs import RunConfig, comparison_table, load_history, load_predict
 from scalabl.train import TrainConfig
 
 # Shared settings; chosen so that plain LoRA learns within the budget (DESIGN §7: lr 2e-3).
-DEMO_TRAIN = TrainConfig(steps=100, batch_size=4, lr=2e-3, warmup_ratio=0.06, seed=0, log_every=10)
-DEMO_RUN = RunConfig(task="arc_easy", max_test=120, n_samples=(10, 0), eval_batch_size=8, train=DEMO_TRAIN)
+DEMO_TRAIN = TrainConfig(steps=80, batch_size=4, lr=2e-3, warmup_ratio=0.06, seed=0, log_every=10)
+DEMO_RUN = RunConfig(task="arc_easy", max_test=100, n_samples=(10, 0), eval_batch_size=8, train=DEMO_TRAIN)
 # ScalaBL's posterior settings for the demo (see docs/method.md for why these).
 DEMO_SCALABL = dict(method="scalabl", sigma_init=0.05, kl_direction="correct")
 DEMO_SCALABL_TRAIN = dict(recipe="elbo", variational_lr=2e-2)

@@ -123,7 +123,12 @@ def evaluate_model(
     for s in samples:
         t0 = time.perf_counter()
         log_probs = blora.predict_log_proba(
-            test, s, batch_size=config.eval_batch_size, seed=config.train.seed, progress=progress
+            test,
+            s,
+            batch_size=config.eval_batch_size,
+            seed=config.train.seed,
+            progress=progress,
+            batch_samples=True,  # S copies per forward: ~5% faster on CPU, same distribution
         )
         seconds = time.perf_counter() - t0
         results[f"S={s}"] = {**compute_metrics(log_probs, labels), "seconds": seconds, "n_samples": s}
