@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="MLE vs ScalaBL on ARC-Easy with the embedded model, offline",
         description="Fine-tune plain LoRA (MLE) and ScalaBL on ARC-Easy with the embedded SmolLM2-135M-Instruct, "
         "evaluate both on held-out test questions (S=10 and S=0), print a side-by-side table and write a report. "
-        "Runs offline in about 15 minutes on 2 CPU cores.",
+        "Runs offline in about 13 minutes on 2 CPU cores.",
     )
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument(
