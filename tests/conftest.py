@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -37,6 +39,22 @@ def make_tiny_llama(
     model = LlamaForCausalLM(config)
     model.eval()
     return model
+
+
+def save_tiny_model(folder: Path) -> Path:
+    """A tiny Llama and the byte tokenizer saved as a local Hugging Face folder (for CLI/run tests)."""
+    model = make_tiny_llama()
+    tokenizer = make_byte_tokenizer()
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    """Nothing may reach a hub from the tests."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(autouse=True, scope="session")

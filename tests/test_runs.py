@@ -7,38 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_byte_tokenizer, make_tiny_llama
+from conftest import save_tiny_model
 from safetensors.torch import load_file
 
 from scalabl.methods import MethodConfig
-from scalabl.runs import RunConfig, comparison_table, evaluate_model, load_run, train_run
+from scalabl.runs import RUN_FILES, RunConfig, comparison_table, evaluate_model, load_run, train_run
 from scalabl.train import TrainConfig
-
-RUN_FILES = {
-    "config.json",
-    "adapter.safetensors",
-    "adapter_config.json",
-    "metrics.json",
-    "history.jsonl",
-    "predictions.safetensors",
-    "report.md",
-    "reliability.png",
-    "training.png",
-}
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
-def save_tiny_model(folder: Path) -> Path:
-    model = make_tiny_llama()
-    tokenizer = make_byte_tokenizer()
-    model.config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 # ---- RunConfig -----------------------------------------------------------------------------------
@@ -120,7 +94,7 @@ def run_dir(tmp_path_factory) -> tuple[RunConfig, Path, dict]:
 
 def test_train_run_writes_the_run_folder(run_dir):
     config, out, metrics = run_dir
-    assert {p.name for p in out.iterdir()} >= RUN_FILES
+    assert {p.name for p in out.iterdir()} >= set(RUN_FILES)
     assert not list(out.glob(".*"))  # no temp or write-test files left behind
 
     on_disk = json.loads((out / "metrics.json").read_text())

@@ -35,6 +35,18 @@ from scalabl.report import markdown_table, plot_reliability, plot_training_curve
 from scalabl.scoring import SCORING_MODES
 from scalabl.train import TrainConfig
 
+RUN_FILES = (
+    "config.json",
+    "adapter.safetensors",
+    "adapter_config.json",
+    "history.jsonl",
+    "metrics.json",
+    "predictions.safetensors",
+    "report.md",
+    "reliability.png",
+    "training.png",
+)
+
 
 @dataclass
 class RunConfig:
