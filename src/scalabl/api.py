@@ -72,7 +72,9 @@ class BayesianLoRA:
 
     @property
     def lora_parameters(self) -> int:
-        return sum(p.numel() for n, p in self.model.named_parameters() if "lora_" in n)
+        """Parameters of the plain LoRA adapter with the same rank and targets (A and B)."""
+        adapter = sum(p.numel() for n, p in self.model.named_parameters() if "lora_" in n)
+        return adapter - self.extra_parameters
 
     def fit(
         self,

@@ -13,7 +13,14 @@ from pathlib import Path
 from scalabl.io import write_json, write_text
 from scalabl.methods import MethodConfig
 from scalabl.report import plot_reliability, plot_training_curves
-from scalabl.runs import RunConfig, comparison_table, load_history, load_predictions, train_run
+from scalabl.runs import (
+    RunConfig,
+    comparison_table,
+    load_history,
+    load_predictions,
+    posterior_summary,
+    train_run,
+)
 from scalabl.train import TrainConfig
 
 # Shared settings; chosen so that plain LoRA learns within the budget (DESIGN §7: lr 2e-3).
@@ -61,7 +68,6 @@ def run_demo(out: Path, *, quick: bool = False, progress: bool = True) -> dict[s
     histories = {name: load_history(out / name) for name in results}
     plot_training_curves(histories, out / "training.png", keys=("nll",))
     s = results["scalabl"]
-    last = load_history(out / "scalabl")[-1] if load_history(out / "scalabl") else {}
     minutes = (time.perf_counter() - t0) / 60
     report = [
         "# scalabl demo: plain LoRA (MLE) vs ScalaBL on ARC-Easy",
@@ -76,12 +82,8 @@ def run_demo(out: Path, *, quick: bool = False, progress: bool = True) -> dict[s
         f"ScalaBL adds {s['extra_parameters']:,} parameters to LoRA's {s['lora_parameters']:,}.",
         "",
     ]
-    if "sigma" in last:
-        report += [
-            f"ScalaBL posterior at the end: mean sigma {last['sigma']:.4f}, mean mu {last['mu']:.4f}, "
-            f"sigma/mu {last['sigma_over_mu']:.4f}.",
-            "",
-        ]
+    if summary := posterior_summary(histories["scalabl"]):
+        report += [f"ScalaBL: {summary}", ""]
     report += ["![reliability](reliability.png)", "", "![training](training.png)", ""]
     write_text(out / "report.md", "\n".join(report))
     write_json(out / "summary.json", results)

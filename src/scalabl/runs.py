@@ -269,6 +269,17 @@ def load_history(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def posterior_summary(history: list[dict[str, Any]]) -> str | None:
+    """One sentence on the posterior at the end of training (None for a deterministic method)."""
+    if not history or "sigma" not in history[-1]:
+        return None
+    last = history[-1]
+    return (
+        f"Posterior at the end of training: mean sigma {last['sigma']:.4f}, mean mu {last['mu']:.4f}, "
+        f"mean sigma/mu {last['sigma_over_mu']:.4f}."
+    )
+
+
 def write_run_report(run_dir: str | Path) -> None:
     """report.md + reliability.png + training.png for one run folder."""
     run_dir = Path(run_dir)
@@ -292,6 +303,7 @@ def write_run_report(run_dir: str | Path) -> None:
         "",
         comparison_table({name: m}),
         "",
+        *([summary, ""] if (summary := posterior_summary(history)) else []),
         "ECE: 15 equal-width bins on the max probability. NLL: mean natural-log negative log-likelihood. "
         "Brier: sum over classes. S = posterior samples in the Bayesian model average (0 = posterior mean).",
         "",
@@ -300,11 +312,4 @@ def write_run_report(run_dir: str | Path) -> None:
         "![training](training.png)",
         "",
     ]
-    if history and "sigma" in history[-1]:
-        last = history[-1]
-        lines[6:6] = [
-            f"Posterior at the end of training: mean sigma {last['sigma']:.4f}, mean mu {last['mu']:.4f}, "
-            f"mean sigma/mu {last['sigma_over_mu']:.4f}.",
-            "",
-        ]
     write_text(run_dir / "report.md", "\n".join(lines))
