@@ -13,6 +13,7 @@ from scalabl.metrics import (
     brier_score,
     compute_metrics,
     expected_calibration_error,
+    mutual_information,
     negative_log_likelihood,
     reliability_bins,
 )
@@ -250,3 +251,29 @@ def test_compute_metrics_rejects_bad_input(log_probs, labels, match):
 def test_bad_n_bins():
     with pytest.raises(ValueError, match="n_bins"):
         expected_calibration_error(t([[0.5, 0.5]]), y([0]), n_bins=0)
+
+
+def test_mutual_information_matches_hand_computation():
+    # Two samples on one example: p1 = (1, 0), p2 = (0, 1); mean (1/2, 1/2).
+    # H(mean) = log 2, each H(p_k) = 0, so MI = log 2.
+    # Second example: identical samples (0.3, 0.7): MI = 0. Mean over the two: log(2) / 2.
+    p = np.array([[[1.0, 0.0], [0.3, 0.7]], [[0.0, 1.0], [0.3, 0.7]]])
+    with np.errstate(divide="ignore"):
+        lp = torch.tensor(np.log(p))
+    assert mutual_information(lp) == pytest.approx(np.log(2) / 2, abs=1e-12)
+
+
+def test_mutual_information_against_numpy_loop():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(5, 7, 4))
+    p = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    expected = []
+    for n in range(7):
+        mean = p[:, n].mean(0)
+        h_mean = -(mean * np.log(mean)).sum()
+        h_each = np.mean([-(p[k, n] * np.log(p[k, n])).sum() for k in range(5)])
+        expected.append(h_mean - h_each)
+    assert mutual_information(torch.tensor(np.log(p))) == pytest.approx(np.mean(expected), abs=1e-12)
+    assert mutual_information(torch.tensor(np.log(p[:1]))) == 0.0
+    with pytest.raises(ValueError, match="S, N, C"):
+        mutual_information(torch.zeros(3, 4))

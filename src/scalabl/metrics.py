@@ -14,6 +14,8 @@ not academic (e.g. probs ``[[.6, .4], [.6, .4], [.7, .3]]``, labels ``[0, 1, 0]`
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -22,6 +24,7 @@ __all__ = [
     "brier_score",
     "compute_metrics",
     "expected_calibration_error",
+    "mutual_information",
     "negative_log_likelihood",
     "reliability_bins",
 ]
@@ -166,3 +169,24 @@ def compute_metrics(log_probs: torch.Tensor, labels: torch.Tensor, n_bins: int =
         "nll": negative_log_likelihood(log_probs, labels),
         "brier": brier_score(probs, labels),
     }
+
+
+def mutual_information(sample_log_probs: torch.Tensor) -> float:
+    """Mean disagreement of the posterior samples: the epistemic part of the predictive entropy.
+
+    For per-sample log-probs ``[S, N, C]``: ``MI_n = H(mean_k p_k) - mean_k H(p_k)`` with
+    ``H(p) = -sum_c p_c log p_c`` (nats, absent choices with p = 0 contribute 0), averaged over N.
+    Zero when every sample predicts the same distribution (e.g. S = 1 or the posterior mean).
+    """
+    if sample_log_probs.dim() != 3 or sample_log_probs.shape[0] == 0:
+        raise ValueError(
+            f"sample_log_probs must be [S, N, C] with S >= 1, got {tuple(sample_log_probs.shape)}"
+        )
+    lp = sample_log_probs.to(torch.float64)
+    mean_lp = torch.logsumexp(lp, dim=0) - math.log(lp.shape[0])
+
+    def entropy(log_p: torch.Tensor) -> torch.Tensor:
+        return -(log_p.exp() * log_p.nan_to_num(neginf=0.0)).sum(-1)
+
+    mi = entropy(mean_lp) - entropy(lp).mean(0)
+    return mi.clamp(min=0.0).mean().item()  # clamp: rounding can give -1e-17 for identical samples
