@@ -52,6 +52,14 @@ OPTIONS: list[tuple[str, str, str, Any, str]] = [
 ]
 
 
+def _int_list(text: str) -> tuple[int, ...]:
+    """'10,0' -> (10, 0), for argparse."""
+    try:
+        return tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     for flag, _, dest, typ, help_ in OPTIONS:
         p.add_argument(flag, dest=dest, type=typ, default=None, help=help_)
@@ -59,7 +67,12 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--length-norm", action="store_true", default=None, help="continuation: mean token log-lik"
     )
-    p.add_argument("--n-samples", default=None, help="comma-separated posterior sample counts (default 10,0)")
+    p.add_argument(
+        "--n-samples",
+        type=_int_list,
+        default=None,
+        help="comma-separated posterior sample counts (default 10,0)",
+    )
     p.add_argument("--config", type=Path, default=None, help="JSON run config; flags override its fields")
 
 
@@ -82,7 +95,7 @@ def _run_config(args: argparse.Namespace, base: Any = None):
     if args.length_norm:
         picked["run"]["length_norm"] = True
     if args.n_samples:
-        picked["run"]["n_samples"] = tuple(int(s) for s in args.n_samples.split(","))
+        picked["run"]["n_samples"] = args.n_samples
     method = replace(base.method, **picked["method"])
     train = replace(base.train, **picked["train"])
     return replace(base, **picked["run"], method=method, train=train)
@@ -100,30 +113,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from scalabl.io import write_json
-    from scalabl.runs import comparison_table, evaluate_model, load_run, write_run_report
+    from scalabl.runs import comparison_table, evaluate_run
 
-    config, blora = load_run(args.run_dir)
-    changes: dict[str, Any] = {}
-    if args.n_samples:
-        changes["n_samples"] = tuple(int(s) for s in args.n_samples.split(","))
-    if args.max_test:
-        changes["max_test"] = args.max_test
-    config = replace(config, **changes)
-    metrics_path = Path(args.run_dir) / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    metrics.setdefault("method", config.method.method)
-    metrics.setdefault("task", config.task)
-    metrics.setdefault("model", config.model)
-    metrics.update(
-        {"extra_parameters": blora.extra_parameters, "lora_parameters": blora.lora_parameters},
-        **evaluate_model(blora, config, Path(args.run_dir), progress=not args.quiet),
+    metrics = evaluate_run(
+        args.run_dir, n_samples=args.n_samples, max_test=args.max_test, progress=not args.quiet
     )
-    metrics.setdefault("n_train", len(config.splits().train))
-    metrics.setdefault("train_steps", config.train.steps)
-    write_json(metrics_path, metrics)
-    write_run_report(args.run_dir)
-    print(comparison_table({config.method.method: metrics}))
+    print(comparison_table({metrics["method"]: metrics}))
     return 0
 
 
@@ -159,7 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Load a run folder's adapter and evaluate it on its test split; rewrites metrics and report.",
     )
     p.add_argument("run_dir", type=Path, help="a folder written by 'scalabl train'")
-    p.add_argument("--n-samples", default=None, help="comma-separated posterior sample counts, e.g. 10,0")
+    p.add_argument(
+        "--n-samples", type=_int_list, default=None, help="comma-separated posterior sample counts, e.g. 10,0"
+    )
     p.add_argument("--max-test", type=int, default=None, help="evaluate on the first N test examples only")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)

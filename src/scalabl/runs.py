@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +159,19 @@ def evaluate_model(
     return {"n_test": len(test), "eval": results}
 
 
+def _run_facts(config: RunConfig, blora: BayesianLoRA, n_train: int) -> dict[str, Any]:
+    """What metrics.json says about the run besides its scores."""
+    return {
+        "method": config.method.method,
+        "task": config.task,
+        "model": config.model,
+        "n_train": n_train,
+        "lora_parameters": blora.lora_parameters,
+        "extra_parameters": blora.extra_parameters,
+        "train_steps": config.train.steps,
+    }
+
+
 def train_run(config: RunConfig, out: str | Path, *, progress: bool = True) -> dict[str, Any]:
     """Train and evaluate one method; returns the metrics written to ``out/metrics.json``."""
     out = Path(out)
@@ -187,14 +200,8 @@ def train_run(config: RunConfig, out: str | Path, *, progress: bool = True) -> d
     blora.save(out, base_model=config.model)
 
     metrics = {
-        "method": config.method.method,
-        "task": config.task,
-        "model": config.model,
-        "n_train": len(splits.train),
-        "lora_parameters": blora.lora_parameters,
-        "extra_parameters": blora.extra_parameters,
+        **_run_facts(config, blora, len(splits.train)),
         "train_seconds": train_seconds,
-        "train_steps": config.train.steps,
         "final_train_nll": blora.history[-1]["nll"] if blora.history else None,
     }
     metrics.update(evaluate_model(blora, config, out, progress=progress))
@@ -214,6 +221,27 @@ def load_run(run_dir: str | Path) -> tuple[RunConfig, BayesianLoRA]:
     config = RunConfig.from_dict(raw)
     model, tokenizer = load_model(config.model, dtype=parse_dtype(config.dtype))
     return config, BayesianLoRA.load(run_dir, model, tokenizer)
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    *,
+    n_samples: tuple[int, ...] | None = None,
+    max_test: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Re-evaluate a run folder's adapter; rewrites metrics.json (keeping training figures) and the report."""
+    run_dir = Path(run_dir)
+    config, blora = load_run(run_dir)
+    changes = {k: v for k, v in (("n_samples", n_samples), ("max_test", max_test)) if v}
+    config = replace(config, **changes)
+    path = run_dir / "metrics.json"
+    metrics = json.loads(path.read_text()) if path.is_file() else {}
+    metrics.update(_run_facts(config, blora, len(config.splits().train)))
+    metrics.update(evaluate_model(blora, config, run_dir, progress=progress))
+    write_json(path, metrics)
+    write_run_report(run_dir)
+    return metrics
 
 
 def _metric_rows(metrics_by_name: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
