@@ -109,6 +109,7 @@ def fit(
     n_train = len(train)
     bayesian = bool(bayesian_modules(model))
     generator = torch.Generator().manual_seed(config.seed)
+    device = next(model.parameters()).device
 
     variational = variational_parameters(model)
     var_ids = {id(p) for p in variational}
@@ -124,21 +125,20 @@ def fit(
     scheduler = get_linear_schedule_with_warmup(optimizer, warmup, config.steps)
     kl_optimizer = None
     if config.recipe == "blob" and bayesian:
-        kl_params = variational or trainable
-        kl_optimizer = torch.optim.SGD(kl_params, lr=config.kl_lr)
+        kl_optimizer = torch.optim.SGD(variational, lr=config.kl_lr)
 
     batches = _batches(n_train, config.batch_size, generator)
     history: list[dict[str, Any]] = []
     model.train()
     bar = tqdm(range(config.steps), desc="train", disable=not progress, dynamic_ncols=True)
     t0 = time.perf_counter()
-    window: list[tuple[float, float]] = []
+    window: list[tuple[float, float, float]] = []  # (nll, kl, kl term) per step since the last log
     for step in bar:
         optimizer.zero_grad(set_to_none=True)
         nll_sum = 0.0
         for _ in range(config.grad_accum):
             batch = [train[i] for i in next(batches)]
-            labels = torch.tensor([e.label for e in batch], device=next(model.parameters()).device)
+            labels = torch.tensor([e.label for e in batch], device=device)
             logits = scorer.class_logits(model, batch, sample=True, generator=generator)
             nll = F.cross_entropy(logits, labels)
             (nll / config.grad_accum).backward()
