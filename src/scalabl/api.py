@@ -5,6 +5,7 @@
 >>> splits = load_splits("arc_easy")
 >>> blora = BayesianLoRA(model, tokenizer, MethodConfig(method="scalabl"))
 >>> blora.fit(splits.train, steps=100)
+>>> blora.calibrate(splits.validation)                   # post hoc: TFB, Laplace, temperature
 >>> probs = blora.predict_proba(splits.test, n_samples=10)
 """
 
@@ -17,18 +18,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from scalabl import __version__
+from scalabl.calibration import apply_temperature, fit_temperature
 from scalabl.data import Example
 from scalabl.io import atomic_path, write_json
 from scalabl.methods import MethodConfig, get_method
 from scalabl.metrics import compute_metrics
-from scalabl.predict import predict_log_proba
+from scalabl.predict import bayesian_model_average
 from scalabl.scoring import Scorer
-from scalabl.train import TrainConfig, fit
+from scalabl.train import TrainConfig
 
 ADAPTER_FILE = "adapter.safetensors"
 ADAPTER_CONFIG_FILE = "adapter_config.json"
@@ -64,6 +65,8 @@ class BayesianLoRA:
         self.model = self.method.wrap(model)
         self.model.eval()
         self.history: list[dict[str, Any]] = []
+        self.temperature: float | None = None  # fitted by calibrate() when the config asks for it
+        self.fitted: dict[str, Any] = {}  # what calibrate() fitted (beta, temperature, ...)
 
     @property
     def extra_parameters(self) -> int:
@@ -90,8 +93,43 @@ class BayesianLoRA:
         ``on_log`` receives each logged record (step, nll, kl, sigma, ...) as training goes.
         """
         config = replace(config or TrainConfig(), **overrides)
-        self.history = fit(self.model, self.scorer, train, config, progress=progress, on_log=on_log)
+        self.history = self.method.fit(self.model, self.scorer, train, config, progress=progress, on_log=on_log)
         return self.history
+
+    @property
+    def uses_temperature(self) -> bool:
+        return self.config.temperature or self.method.temperature_scaled
+
+    def calibrate(
+        self,
+        validation: Sequence[Example],
+        *,
+        train: Sequence[Example] = (),
+        n_samples: int = 10,
+        batch_size: int = 8,
+        seed: int = 0,
+        progress: bool = False,
+    ) -> dict[str, Any]:
+        """The post-hoc step after training: the method's own (TFB's beta, Laplace's Hessian), then the
+        temperature if the config asks for one. Returns what was fitted; a no-op for most methods.
+
+        ``validation`` must be held out from training; Laplace also reads ``train``.
+        """
+        facts = self.method.post_fit(
+            self.model, self.scorer, train=train, validation=validation, seed=seed, progress=progress
+        )
+        if self.uses_temperature:
+            if len(validation) == 0:
+                raise ValueError("temperature scaling needs a non-empty validation split")
+            self.temperature = None
+            log_probs = self.predict_log_proba(
+                validation, n_samples, batch_size=batch_size, seed=seed, progress=progress
+            )
+            labels = torch.tensor([e.label for e in validation])
+            self.temperature = fit_temperature(log_probs, labels)
+            facts["temperature"] = self.temperature
+        self.fitted = facts
+        return facts
 
     def predict_log_proba(
         self,
@@ -102,17 +140,18 @@ class BayesianLoRA:
         seed: int = 0,
         progress: bool = False,
         batch_samples: bool = False,
-    ) -> torch.Tensor:
+        return_samples: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Predictive log-probabilities ``[N, C_max]`` (float64); ``n_samples=0`` = posterior mean.
 
-        Deterministic methods ignore ``n_samples`` and run one pass. ``batch_samples=True`` runs
-        the S samples as one forward of S x batch sequences (see :func:`scalabl.predict.predict_log_proba`).
+        Deterministic methods ignore ``n_samples`` and run one pass; an ensemble always averages its
+        K members. ``batch_samples=True`` runs the S samples as one forward of S x batch sequences
+        (see :func:`scalabl.predict.predict_log_proba`). A fitted temperature is applied to the
+        model average. ``return_samples=True`` also returns the per-sample log-probs ``[S, N, C]``.
         """
         if n_samples < 0:
             raise ValueError(f"n_samples: must be >= 0 (0 = posterior mean), got {n_samples}")
-        if not self.method.bayesian:
-            n_samples = 0
-        return predict_log_proba(
+        samples = self.method.predict_samples(
             self.model,
             self.scorer,
             examples,
@@ -122,6 +161,10 @@ class BayesianLoRA:
             progress=progress,
             batch_samples=batch_samples,
         )
+        log_probs = bayesian_model_average(samples)
+        if self.temperature is not None:
+            log_probs = apply_temperature(log_probs, self.temperature)
+        return (log_probs, samples) if return_samples else log_probs
 
     def predict_proba(self, examples: Sequence[Example], n_samples: int = 10, **kwargs: Any) -> torch.Tensor:
         """Predictive probabilities ``[N, C_max]`` (float64, rows sum to 1)."""
@@ -137,10 +180,7 @@ class BayesianLoRA:
     def save(self, folder: str | Path, **metadata: Any) -> None:
         """Write the adapter (safetensors) and its config (JSON) into ``folder``, atomically."""
         folder = Path(folder)
-        # An explicit state dict skips peft's check for 1-D lora_A tensors (meant to catch un-gathered
-        # ZeRO-3 shards), which ScalaBL's log_mu / log_sigma vectors would trip.
-        adapter = get_peft_model_state_dict(self.model, state_dict=self.model.state_dict())
-        state = {k: v.detach().contiguous().cpu() for k, v in adapter.items()}
+        state = self.method.adapter_state(self.model)
         with atomic_path(folder / ADAPTER_FILE) as tmp:
             save_file(state, str(tmp), metadata={"format": "pt", "scalabl": __version__})
         write_json(
@@ -150,6 +190,8 @@ class BayesianLoRA:
                 "method": self.config.to_dict(),
                 "scoring": self.scorer.mode,
                 "length_norm": self.scorer.length_norm,
+                "temperature": self.temperature,
+                "fitted": self.fitted,
                 **metadata,
             },
         )
@@ -172,11 +214,8 @@ class BayesianLoRA:
             length_norm=meta.get("length_norm", False),
         )
         state = load_file(str(folder / ADAPTER_FILE))
-        result = set_peft_model_state_dict(blora.model, state)
-        missing = [k for k in result.missing_keys if "lora_" in k]
-        if missing:
-            raise ValueError(
-                f"{folder / ADAPTER_FILE}: adapter is missing {len(missing)} tensors, e.g. {missing[0]}"
-            )
+        blora.method.load_adapter_state(blora.model, state, str(folder / ADAPTER_FILE))
+        blora.temperature = meta.get("temperature")
+        blora.fitted = meta.get("fitted", {})
         blora.model.eval()
         return blora

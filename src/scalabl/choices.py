@@ -8,3 +8,6 @@ KL_DIRECTIONS = ("correct", "reference")
 SCORING_MODES = ("continuation", "letter")
 RECIPES = ("elbo", "blob")
 EMBEDDED_MODEL = "smollm2-135m-instruct"
+LAPLACE_SUBSETS = ("all", "last_layer")
+LAPLACE_HESSIANS = ("kron", "diag")
+LAPLACE_PREDICTIVES = ("mc", "glm")

@@ -31,7 +31,6 @@ from scalabl.io import atomic_path, write_json, write_text
 from scalabl.methods import MethodConfig
 from scalabl.metrics import compute_metrics, mutual_information
 from scalabl.models import EMBEDDED_MODEL, load_model, parse_dtype
-from scalabl.predict import predict_log_proba
 from scalabl.report import markdown_table, plot_reliability, plot_training_curves
 from scalabl.scoring import SCORING_MODES
 from scalabl.train import TrainConfig
@@ -61,6 +60,7 @@ class RunConfig:
     n_test: int | None = None
     max_train: int | None = None
     max_test: int | None = None  # evaluate on the first max_test test examples only (budget)
+    max_validation: int | None = None  # post-hoc fitting (tfb, laplace, temperature) on the first N only
     scoring: str = "continuation"
     length_norm: bool = False
     n_samples: tuple[int, ...] = (10, 0)
@@ -79,7 +79,7 @@ class RunConfig:
             raise ValueError(
                 f"n_samples: need one or more values >= 0 (0 = posterior mean), got {self.n_samples}"
             )
-        for name in ("n_validation", "n_test", "max_train", "max_test"):
+        for name in ("n_validation", "n_test", "max_train", "max_test", "max_validation"):
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ValueError(f"{name}: must be >= 1 or unset, got {v}")
@@ -132,14 +132,11 @@ def evaluate_model(
     labels = torch.tensor([e.label for e in test])
     results: dict[str, Any] = {}
     tensors: dict[str, torch.Tensor] = {"labels": labels}
-    samples = config.n_samples if blora.method.bayesian else (0,)
-    for s in samples:
+    for s in blora.method.sample_counts(config.n_samples):
         t0 = time.perf_counter()
-        log_probs, samples = predict_log_proba(
-            blora.model,
-            blora.scorer,
+        log_probs, samples = blora.predict_log_proba(
             test,
-            n_samples=s,
+            s,
             batch_size=config.eval_batch_size,
             seed=config.train.seed,
             progress=progress,
@@ -197,11 +194,24 @@ def train_run(config: RunConfig, out: str | Path, *, progress: bool = True) -> d
     t0 = time.perf_counter()
     blora.fit(splits.train, config.train, progress=progress, on_log=log_line)
     train_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    validation = splits.validation[: config.max_validation] if config.max_validation else splits.validation
+    fitted = blora.calibrate(
+        validation,
+        train=splits.train,
+        n_samples=config.n_samples[0],
+        batch_size=config.eval_batch_size,
+        seed=config.train.seed,
+        progress=progress,
+    )
+    post_fit_seconds = time.perf_counter() - t0
     blora.save(out, base_model=config.model)
 
     metrics = {
         **_run_facts(config, blora, len(splits.train)),
         "train_seconds": train_seconds,
+        "post_fit_seconds": post_fit_seconds,
+        "fitted": fitted,
         "final_train_nll": blora.history[-1]["nll"] if blora.history else None,
     }
     metrics.update(evaluate_model(blora, config, out, progress=progress))

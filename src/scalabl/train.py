@@ -27,7 +27,7 @@ from transformers import get_linear_schedule_with_warmup
 from scalabl.choices import RECIPES
 from scalabl.config import check_fields
 from scalabl.data import Example
-from scalabl.methods.base import bayesian_modules, posterior_stats, total_kl, variational_parameters
+from scalabl.methods.base import posterior_stats, total_kl, variational_parameters
 from scalabl.scoring import Scorer
 
 
@@ -100,18 +100,23 @@ def fit(
     train: Sequence[Example],
     config: TrainConfig,
     *,
+    penalty: Callable[[], torch.Tensor] | None = None,
     progress: bool = True,
     on_log: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Train the adapter of ``model`` on ``train``; returns the logged history (one dict per log)."""
+    """Train the adapter of ``model`` on ``train``; returns the logged history (one dict per log).
+
+    The KL of the model's Bayesian modules enters as the recipe says; ``penalty()`` (a negative log
+    prior, e.g. MAP's Gaussian prior on the LoRA weights) is added as ``penalty() / N_train``.
+    """
     if len(train) == 0:
         raise ValueError("training set is empty")
     n_train = len(train)
-    bayesian = bool(bayesian_modules(model))
     generator = torch.Generator().manual_seed(config.seed)
     device = next(model.parameters()).device
 
     variational = variational_parameters(model)
+    bayesian = bool(variational)  # modules with a fixed posterior (tfb) have no KL to train
     var_ids = {id(p) for p in variational}
     trainable = [p for p in model.parameters() if p.requires_grad]
     rest = [p for p in trainable if id(p) not in var_ids]
@@ -132,7 +137,7 @@ def fit(
     model.train()
     bar = tqdm(range(config.steps), desc="train", disable=not progress, dynamic_ncols=True)
     t0 = time.perf_counter()
-    window: list[tuple[float, float, float]] = []  # (nll, kl, kl term) per step since the last log
+    window: list[tuple[float, float, float]] = []  # (nll, kl, KL + penalty term) per step since the last log
     for step in bar:
         optimizer.zero_grad(set_to_none=True)
         nll_sum = 0.0
@@ -152,6 +157,10 @@ def fit(
             (weight * kl / n_train).backward()
             kl_value = kl.item()
             kl_term = weight * kl_value / n_train
+        if penalty is not None:
+            prior_term = penalty() / n_train
+            prior_term.backward()
+            kl_term += prior_term.item()
         if config.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
         optimizer.step()
@@ -177,7 +186,8 @@ def fit(
                 "step": step + 1,
                 "nll": nll_avg,
                 "kl": kl_avg,
-                # the objective the optimiser saw: NLL + the warmed-up KL / N (elbo); NLL alone (blob)
+                # the objective the optimiser saw: NLL + the warmed-up KL / N (elbo) + penalty / N (map);
+                # NLL alone (blob)
                 "loss": nll_avg + term_avg,
                 "lr": lr_used,
                 "seconds": time.perf_counter() - t0,

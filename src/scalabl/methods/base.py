@@ -16,31 +16,48 @@ code never needs to know which method it runs.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
 
-from scalabl.choices import KL_DIRECTIONS, NOISE_MODES
+from scalabl.choices import (
+    KL_DIRECTIONS,
+    LAPLACE_HESSIANS,
+    LAPLACE_PREDICTIVES,
+    LAPLACE_SUBSETS,
+    NOISE_MODES,
+)
 from scalabl.config import check_fields
+
+if TYPE_CHECKING:  # runtime imports would be circular (scoring and train import this module)
+    from scalabl.data import Example
+    from scalabl.scoring import Scorer
+    from scalabl.train import TrainConfig
 
 
 @dataclass
 class MethodConfig:
-    """Adapter and posterior settings. Fields a method does not use are ignored by it."""
+    """Adapter and posterior settings. Fields a method does not use are ignored by it.
+
+    ``dropout`` and ``prior_std`` left at ``None`` take the method's own default (see
+    :attr:`Method.default_dropout`, :attr:`Method.default_prior_std` and docs/methods.md).
+    """
 
     method: str = "scalabl"
     rank: int = 8
     alpha: float = 16.0
-    dropout: float = 0.0
+    dropout: float | None = field(default=None, metadata={"help": "LoRA dropout (None: method default)"})
     target_modules: tuple[str, ...] = ("q_proj", "v_proj")
-    # Variational posterior (scalabl): q(s) = N(mu, sigma^2), sigma_0 ~ U(sigma_init / sqrt 2, sigma_init).
+    # Variational posterior (scalabl, blob): sigma_0 ~ U(sigma_init / sqrt 2, sigma_init) (blob: rho_0).
     sigma_init: float = field(default=0.05, metadata={"help": "initial posterior std scale (eps)"})
-    prior_std: float = field(default=1.0, metadata={"help": "std of the N(0, prior_std^2) prior"})
+    prior_std: float | None = field(
+        default=None, metadata={"help": "std of the N(0, prior_std^2) prior (None: method default)"}
+    )
     kl_direction: str = field(
         default="correct",
         metadata={"help": "'correct' = KL(q||p); 'reference' = KL(p||q) as the paper's code computes it"},
@@ -48,6 +65,20 @@ class MethodConfig:
     noise: str = field(
         default="sequence",
         metadata={"help": "'sequence' = one draw per sequence; 'shared' = one per forward"},
+    )
+    ensemble_size: int = field(default=3, metadata={"help": "ensemble: number of members K"})
+    tfb_tolerance: float = field(
+        default=0.01, metadata={"help": "tfb: largest allowed rise of validation NLL (nats)"}
+    )
+    tfb_samples: int = field(default=4, metadata={"help": "tfb: posterior samples per validation NLL"})
+    tfb_search_steps: int = field(default=8, metadata={"help": "tfb: bisection steps of the beta search"})
+    laplace_subset: str = field(
+        default="all", metadata={"help": "laplace: 'all' LoRA weights or the 'last_layer' adapters"}
+    )
+    laplace_hessian: str = field(default="kron", metadata={"help": "laplace: 'kron' or 'diag' Hessian"})
+    laplace_predictive: str = field(default="mc", metadata={"help": "laplace: 'glm' or 'mc' predictive"})
+    temperature: bool = field(
+        default=False, metadata={"help": "fit a temperature on the validation split after training"}
     )
 
     def __post_init__(self) -> None:
@@ -60,18 +91,31 @@ class MethodConfig:
             raise ValueError(f"rank: must be a positive integer, got {self.rank!r}")
         if self.alpha <= 0:
             raise ValueError(f"alpha: must be > 0, got {self.alpha!r}")
-        if not 0.0 <= self.dropout < 1.0:
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout: must be in [0, 1), got {self.dropout!r}")
         if not self.target_modules:
             raise ValueError("target_modules: at least one module name is required")
         if self.sigma_init <= 0:
             raise ValueError(f"sigma_init: must be > 0, got {self.sigma_init!r}")
-        if self.prior_std <= 0:
+        if self.prior_std is not None and self.prior_std <= 0:
             raise ValueError(f"prior_std: must be > 0, got {self.prior_std!r}")
         if self.kl_direction not in KL_DIRECTIONS:
             raise ValueError(f"kl_direction: {self.kl_direction!r} not in {KL_DIRECTIONS}")
         if self.noise not in NOISE_MODES:
             raise ValueError(f"noise: {self.noise!r} not in {NOISE_MODES}")
+        for name in ("ensemble_size", "tfb_samples", "tfb_search_steps"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name}: must be a positive integer, got {v!r}")
+        if self.tfb_tolerance < 0:
+            raise ValueError(f"tfb_tolerance: must be >= 0, got {self.tfb_tolerance!r}")
+        for name, allowed in (
+            ("laplace_subset", LAPLACE_SUBSETS),
+            ("laplace_hessian", LAPLACE_HESSIANS),
+            ("laplace_predictive", LAPLACE_PREDICTIVES),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}: {getattr(self, name)!r} not in {allowed}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -88,6 +132,9 @@ class BayesianModule(nn.Module, ABC):
     """A stochastic replacement for a LoRA ``A`` linear (see module docstring)."""
 
     sampling: bool
+    # False when the rows of one draw are correlated (flipout shares one Gaussian draw across rows):
+    # then S posterior samples must come from S draws, not from S copies of a batch in one draw.
+    independent_rows: ClassVar[bool] = True
 
     @abstractmethod
     def kl(self) -> torch.Tensor:
@@ -181,24 +228,46 @@ def lora_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
 class Method(ABC):
     """A way of fitting a LoRA adapter and predicting with it.
 
-    Lifecycle: ``wrap`` a base model (adds the adapters), train it with the shared loop (or fit it
-    post hoc), predict with ``n_samples`` posterior samples; ``save``/``load`` go through the run
-    folder (see :mod:`scalabl.api`).
+    Lifecycle, the same for every method:
+
+    1. ``wrap(model)`` adds the adapters (peft) and specialises them (e.g. Bayesian ``A`` modules);
+    2. ``fit(...)`` trains them with the shared loop (:func:`scalabl.train.fit`);
+    3. ``post_fit(...)`` does the post-hoc part (TFB's beta search, Laplace's Hessian); a no-op
+       for methods that are done after training;
+    4. ``predict_samples(...)`` returns per-sample predictive log-probs ``[S, N, C]`` that the
+       caller averages (the Bayesian model average);
+    5. ``adapter_state`` / ``load_adapter_state`` give the tensors a saved adapter holds.
+
+    A method object holds its configuration and whatever it fitted post hoc; one object serves
+    one wrapped model.
     """
 
     name: ClassVar[str]
     description: ClassVar[str]
-    bayesian: ClassVar[bool] = False
+    reference: ClassVar[str] = ""
+    bayesian: ClassVar[bool] = False  # predictions depend on n_samples
+    default_dropout: ClassVar[float] = 0.0
+    default_prior_std: ClassVar[float] = 1.0
+    temperature_scaled: ClassVar[bool] = False  # always fit a temperature after training
 
     def __init__(self, config: MethodConfig) -> None:
         self.config = config
 
+    @property
+    def dropout(self) -> float:
+        return self.default_dropout if self.config.dropout is None else self.config.dropout
+
+    @property
+    def prior_std(self) -> float:
+        return self.default_prior_std if self.config.prior_std is None else self.config.prior_std
+
+    # ---- 1. build ---------------------------------------------------------------------------------
     def lora_config(self) -> LoraConfig:
         c = self.config
         return LoraConfig(
             r=c.rank,
             lora_alpha=c.alpha,
-            lora_dropout=c.dropout,
+            lora_dropout=self.dropout,
             target_modules=list(c.target_modules),
             bias="none",
             task_type="CAUSAL_LM",
@@ -219,6 +288,90 @@ class Method(ABC):
 
     def specialise(self, model: PeftModel) -> None:  # noqa: B027 - optional hook
         """Turn the plain LoRA layers into this method's layers (nothing for plain LoRA)."""
+
+    # ---- 2. train ---------------------------------------------------------------------------------
+    def penalty(self, model: nn.Module) -> Callable[[], torch.Tensor] | None:
+        """A negative log prior added to the training loss as ``penalty() / N_train`` (MAP); None = none."""
+        return None
+
+    def fit(
+        self,
+        model: nn.Module,
+        scorer: Scorer,
+        train: Sequence[Example],
+        config: TrainConfig,
+        *,
+        progress: bool = True,
+        on_log: Callable[[dict[str, Any]], None] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Train the adapter with the shared loop; returns its logged history."""
+        from scalabl.train import fit
+
+        return fit(
+            model, scorer, train, config, penalty=self.penalty(model), progress=progress, on_log=on_log
+        )
+
+    # ---- 3. post hoc ------------------------------------------------------------------------------
+    def post_fit(
+        self,
+        model: nn.Module,
+        scorer: Scorer,
+        *,
+        train: Sequence[Example],
+        validation: Sequence[Example],
+        seed: int = 0,
+        progress: bool = False,
+    ) -> dict[str, Any]:
+        """Post-hoc fitting after training; returns facts worth recording (e.g. the chosen beta)."""
+        return {}
+
+    # ---- 4. predict -------------------------------------------------------------------------------
+    def sample_counts(self, requested: Sequence[int]) -> tuple[int, ...]:
+        """The sample counts an evaluation should run: deterministic methods run one pass (S = 0)."""
+        return tuple(requested) if self.bayesian else (0,)
+
+    def predict_samples(
+        self,
+        model: nn.Module,
+        scorer: Scorer,
+        examples: Sequence[Example],
+        *,
+        n_samples: int,
+        batch_size: int = 8,
+        seed: int = 0,
+        progress: bool = False,
+        batch_samples: bool = False,
+    ) -> torch.Tensor:
+        """Per-sample predictive log-probs ``[max(S, 1), N, C_max]`` (float64)."""
+        from scalabl.predict import predict_log_proba
+
+        _, samples = predict_log_proba(
+            model,
+            scorer,
+            examples,
+            n_samples=n_samples if self.bayesian else 0,
+            batch_size=batch_size,
+            seed=seed,
+            progress=progress,
+            return_samples=True,
+            batch_samples=batch_samples,
+        )
+        return samples
+
+    # ---- 5. persist -------------------------------------------------------------------------------
+    def adapter_state(self, model: PeftModel) -> dict[str, torch.Tensor]:
+        """The tensors a saved adapter holds (peft's key format for the active adapter)."""
+        # An explicit state dict skips peft's check for 1-D lora_A tensors (meant to catch
+        # un-gathered ZeRO-3 shards), which ScalaBL's log_mu / log_sigma vectors would trip.
+        state = get_peft_model_state_dict(model, state_dict=model.state_dict())
+        return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+    def load_adapter_state(self, model: PeftModel, state: dict[str, torch.Tensor], source: str) -> None:
+        """Load :meth:`adapter_state`'s tensors; ``source`` names the file in errors."""
+        result = set_peft_model_state_dict(model, state)
+        missing = [k for k in result.missing_keys if "lora_" in k]
+        if missing:
+            raise ValueError(f"{source}: adapter is missing {len(missing)} tensors, e.g. {missing[0]}")
 
     def extra_parameters(self, model: nn.Module) -> int:
         """Parameters beyond those of the plain LoRA adapter with the same rank and targets."""

@@ -8,3 +8,4 @@ from scalabl.methods.base import Method
 class MLE(Method):
     name = "mle"
     description = "plain LoRA, maximum likelihood (cross-entropy); deterministic predictions"
+    reference = "Hu et al., ICLR 2022, arXiv:2106.09685"

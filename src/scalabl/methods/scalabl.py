@@ -159,6 +159,7 @@ class SubspaceA(BayesianModule):
 class ScalaBL(Method):
     name = "scalabl"
     description = "ScalaBL: Gaussian posterior over the r-dim LoRA subspace (2r extra parameters per module)"
+    reference = "Samplawski et al., UAI 2025, arXiv:2506.21408"
     bayesian = True
 
     def specialise(self, model: PeftModel) -> None:
@@ -168,7 +169,7 @@ class ScalaBL(Method):
                 new = SubspaceA.from_lora_weight(
                     lora_a.weight,
                     c.sigma_init,
-                    prior_std=c.prior_std,
+                    prior_std=self.prior_std,
                     kl_direction=c.kl_direction,
                     noise=c.noise,
                 )
