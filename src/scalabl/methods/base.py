@@ -77,6 +77,9 @@ class MethodConfig:
     )
     laplace_hessian: str = field(default="kron", metadata={"help": "laplace: 'kron' or 'diag' Hessian"})
     laplace_predictive: str = field(default="mc", metadata={"help": "laplace: 'glm' or 'mc' predictive"})
+    laplace_max_train: int = field(
+        default=256, metadata={"help": "laplace: training examples the Hessian is estimated on"}
+    )
     temperature: bool = field(
         default=False, metadata={"help": "fit a temperature on the validation split after training"}
     )
@@ -103,7 +106,7 @@ class MethodConfig:
             raise ValueError(f"kl_direction: {self.kl_direction!r} not in {KL_DIRECTIONS}")
         if self.noise not in NOISE_MODES:
             raise ValueError(f"noise: {self.noise!r} not in {NOISE_MODES}")
-        for name in ("ensemble_size", "tfb_samples", "tfb_search_steps"):
+        for name in ("ensemble_size", "tfb_samples", "tfb_search_steps", "laplace_max_train"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name}: must be a positive integer, got {v!r}")
