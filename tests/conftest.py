@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from scalabl.data import Example
 
 
 def make_byte_tokenizer() -> PreTrainedTokenizerFast:
@@ -20,6 +23,28 @@ def make_byte_tokenizer() -> PreTrainedTokenizerFast:
     tok.decoder = decoders.ByteLevel()
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<eos>")
     return fast
+
+
+def toy_examples(n: int = 24, seed: int = 0, *, varied: bool = False) -> list[Example]:
+    """'a+b=?' with digit choices, the right sum among them: learnable from the question.
+
+    ``varied=False``: three choices ``{s, s+1, s+3} mod 10``; ``varied=True``: 2, 3 or 4 choices
+    in turn (so C_max = 4 and some rows have absent choices).
+    """
+    rng = random.Random(seed)
+    out = []
+    for k in range(n):
+        a, b = rng.randint(0, 4), rng.randint(0, 4)
+        s = a + b
+        if varied:
+            choices = [s] + rng.sample([d for d in range(10) if d != s], 1 + k % 3)
+            rng.shuffle(choices)
+        else:
+            choices = sorted({s, (s + 1) % 10, (s + 3) % 10})
+        out.append(
+            Example(id=f"q{k}", question=f"{a}+{b}=?", choices=tuple(map(str, choices)), label=choices.index(s))
+        )
+    return out
 
 
 def make_tiny_llama(

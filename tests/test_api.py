@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import random
 
 import pytest
 import torch
 from conftest import make_byte_tokenizer, make_tiny_llama
+from conftest import toy_examples as shared_toy_examples
 
 from scalabl.api import ADAPTER_CONFIG_FILE, ADAPTER_FILE, BayesianLoRA
 from scalabl.data import Example
@@ -19,21 +19,7 @@ N_MODULES = 4  # q_proj and v_proj in each of the tiny Llama's 2 layers
 
 
 def toy_examples(n: int = 12, seed: int = 0) -> list[Example]:
-    """'a+b=?' with 2, 3 or 4 digit choices (so C_max = 4 and some rows have absent choices)."""
-    rng = random.Random(seed)
-    out = []
-    for k in range(n):
-        a, b = rng.randint(0, 4), rng.randint(0, 4)
-        s = a + b
-        n_choices = 2 + k % 3
-        choices = [s] + rng.sample([d for d in range(10) if d != s], n_choices - 1)
-        rng.shuffle(choices)
-        out.append(
-            Example(
-                id=f"q{k}", question=f"{a}+{b}=?", choices=tuple(map(str, choices)), label=choices.index(s)
-            )
-        )
-    return out
+    return shared_toy_examples(n, seed, varied=True)
 
 
 def wrap(method: str) -> BayesianLoRA:

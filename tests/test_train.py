@@ -3,34 +3,18 @@
 from __future__ import annotations
 
 import math
-import random
 from fractions import Fraction
 
 import pytest
 import torch
-from conftest import make_byte_tokenizer, make_tiny_llama
+from conftest import make_byte_tokenizer, make_tiny_llama, toy_examples
 from peft import get_peft_model_state_dict
 
 from scalabl.api import BayesianLoRA
-from scalabl.data import Example
 from scalabl.methods import MethodConfig
 from scalabl.methods.base import bayesian_modules
 from scalabl.scoring import Scorer
 from scalabl.train import TrainConfig, blob_kl_weight, fit
-
-
-def toy_examples(n: int = 24, seed: int = 0) -> list[Example]:
-    """'a+b=?' with three digit choices, the right sum among them: learnable from the question."""
-    rng = random.Random(seed)
-    out = []
-    for k in range(n):
-        a, b = rng.randint(0, 4), rng.randint(0, 4)
-        s = a + b
-        choices = [str(c) for c in sorted({s, (s + 1) % 10, (s + 3) % 10})]
-        out.append(
-            Example(id=f"q{k}", question=f"{a}+{b}=?", choices=tuple(choices), label=choices.index(str(s)))
-        )
-    return out
 
 
 def wrap(method: str = "scalabl", seed: int = 0, **method_kw) -> BayesianLoRA:

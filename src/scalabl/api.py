@@ -26,6 +26,7 @@ from scalabl.calibration import apply_temperature, fit_temperature
 from scalabl.data import Example
 from scalabl.io import atomic_path, write_json
 from scalabl.methods import MethodConfig, get_method
+from scalabl.methods.base import lora_layers
 from scalabl.metrics import compute_metrics
 from scalabl.predict import bayesian_model_average
 from scalabl.scoring import Scorer
@@ -75,9 +76,12 @@ class BayesianLoRA:
 
     @property
     def lora_parameters(self) -> int:
-        """Parameters of the plain LoRA adapter with the same rank and targets (A and B)."""
-        adapter = sum(p.numel() for n, p in self.model.named_parameters() if "lora_" in n)
-        return adapter - self.extra_parameters
+        """Parameters of one plain LoRA adapter with the same rank and targets: ``r (in + out)`` per layer."""
+        return sum(
+            layer.r[name] * (layer.in_features + layer.out_features)
+            for _, layer in lora_layers(self.model)
+            for name in layer.active_adapters
+        )
 
     def fit(
         self,

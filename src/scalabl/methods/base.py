@@ -208,7 +208,12 @@ def variational_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 def posterior_stats(model: nn.Module) -> dict[str, dict[str, float]]:
     """Per-module posterior statistics: the numbers that tell if the posterior is alive."""
-    return {name: m.stats() for name, m in model.named_modules() if isinstance(m, BayesianModule)}
+    # Modules without a location/scale (MC dropout's) report nothing.
+    return {
+        name: stats
+        for name, m in model.named_modules()
+        if isinstance(m, BayesianModule) and (stats := m.stats())
+    }
 
 
 def total_kl(model: nn.Module) -> torch.Tensor:

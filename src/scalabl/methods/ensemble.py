@@ -1,0 +1,136 @@
+"""Deep ensemble of LoRA adapters (Lakshminarayanan et al., NeurIPS 2017; Wang et al., 2023 for LoRA).
+
+K independent adapters on one base model (peft's multi-adapter support: the base weights are held
+once), named ``member0 .. member{K-1}``. They are trained one after another by the shared loop,
+member k with seed ``seed + k`` (its own initialisation and data order). Prediction runs each
+member once, selected by its explicit name, and averages the K predictive distributions: the K
+members are the "samples" of the model average, whatever ``n_samples`` says.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import torch
+from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
+from torch import nn
+
+from scalabl.methods.base import Method
+
+if TYPE_CHECKING:
+    from scalabl.data import Example
+    from scalabl.scoring import Scorer
+    from scalabl.train import TrainConfig
+
+SEPARATOR = "::"  # saved keys are "member{k}::{peft key}"
+
+
+class Ensemble(Method):
+    name = "ensemble"
+    description = "K independent LoRA adapters trained one after another; their predictions averaged"
+    reference = "Lakshminarayanan et al., NeurIPS 2017, arXiv:1612.01474; Wang et al. 2023, arXiv:2310.00035"
+
+    @property
+    def members(self) -> list[str]:
+        return [f"member{k}" for k in range(self.config.ensemble_size)]
+
+    def wrap(self, model: nn.Module) -> PeftModel:
+        from peft import get_peft_model
+
+        first, *rest = self.members
+        try:
+            peft_model = get_peft_model(model, self.lora_config(), adapter_name=first)
+        except ValueError as err:
+            if "not found in the base model" in str(err):
+                raise ValueError(
+                    f"target_modules: {list(self.config.target_modules)} matched no module of the model"
+                ) from err
+            raise
+        for name in rest:  # initialised from the global RNG in turn: seeded by the caller
+            peft_model.add_adapter(name, self.lora_config())
+        peft_model.set_adapter(first)
+        return peft_model
+
+    def fit(
+        self,
+        model: nn.Module,
+        scorer: Scorer,
+        train: Sequence[Example],
+        config: TrainConfig,
+        *,
+        progress: bool = True,
+        on_log: Callable[[dict[str, Any]], None] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Train member k with seed ``config.seed + k``; history records carry ``member``."""
+        from scalabl.train import fit
+
+        history: list[dict[str, Any]] = []
+        for k, name in enumerate(self.members):
+            model.set_adapter(name)  # makes only this member trainable
+
+            def tagged(record: dict[str, Any], k: int = k) -> None:
+                record["member"] = k
+                if on_log is not None:
+                    on_log(record)
+
+            history += fit(model, scorer, train, replace(config, seed=config.seed + k), progress=progress, on_log=tagged)
+        model.set_adapter(self.members[0])
+        return history
+
+    def predict_samples(
+        self,
+        model: nn.Module,
+        scorer: Scorer,
+        examples: Sequence[Example],
+        *,
+        n_samples: int,
+        batch_size: int = 8,
+        seed: int = 0,
+        progress: bool = False,
+        batch_samples: bool = False,
+    ) -> torch.Tensor:
+        """One deterministic pass per member: ``[K, N, C]``; ``n_samples`` is ignored."""
+        from scalabl.predict import predict_log_proba
+
+        samples = []
+        try:
+            for name in self.members:
+                model.set_adapter(name)
+                samples.append(
+                    predict_log_proba(
+                        model, scorer, examples, n_samples=0, batch_size=batch_size, seed=seed, progress=progress
+                    )
+                )
+        finally:
+            model.set_adapter(self.members[0])
+        return torch.stack(samples)
+
+    def sample_counts(self, requested: Sequence[int]) -> tuple[int, ...]:
+        return (self.config.ensemble_size,)
+
+    def adapter_state(self, model: PeftModel) -> dict[str, torch.Tensor]:
+        full = model.state_dict()
+        return {
+            f"{name}{SEPARATOR}{k}": v.detach().contiguous().cpu()
+            for name in self.members
+            for k, v in get_peft_model_state_dict(model, state_dict=full, adapter_name=name).items()
+        }
+
+    def load_adapter_state(self, model: PeftModel, state: dict[str, torch.Tensor], source: str) -> None:
+        for name in self.members:
+            prefix = f"{name}{SEPARATOR}"
+            member = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+            if not member:
+                raise ValueError(f"{source}: no tensors for ensemble member {name!r}")
+            result = set_peft_model_state_dict(model, member, adapter_name=name)
+            missing = [k for k in result.missing_keys if "lora_" in k and f".{name}." in k]
+            if missing:
+                raise ValueError(f"{source}: member {name} is missing {len(missing)} tensors, e.g. {missing[0]}")
+        model.set_adapter(self.members[0])
+
+    def extra_parameters(self, model: nn.Module) -> int:
+        """The K - 1 members beyond the first: (K - 1) x one LoRA adapter."""
+        member = sum(p.numel() for n, p in model.named_parameters() if f".{self.members[0]}." in n)
+        return (self.config.ensemble_size - 1) * member
