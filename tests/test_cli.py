@@ -278,3 +278,38 @@ def test_bad_config_file(tmp_path, capsys):
     unknown.write_text(json.dumps({"modle": "x"}))
     assert run(["train", "--config", str(unknown), "--out", str(tmp_path / "run"), "--quiet"]) == 2
     assert "modle" in capsys.readouterr().err
+
+
+# ---- every method --------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_method_trains_and_evaluates_from_the_cli(method, model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / method
+    extra = {
+        "ensemble_size": "2",
+        "tfb_samples": "1",
+        "tfb_search_steps": "1",
+        "laplace_max_train": "4",
+        "max_validation": "4",
+        "steps": "2",
+    }
+    argv = train_argv(model_dir, out, method)
+    argv = [a for a in argv if a not in ("--steps", "3")] + [
+        x for k, v in extra.items() for x in (f"--{k.replace('_', '-')}", v)
+    ]
+    assert run(argv) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    from scalabl.methods import MethodConfig, get_method
+
+    counts = get_method(MethodConfig(method=method, ensemble_size=2)).sample_counts((2, 0))
+    assert set(m["eval"]) == {f"S={s}" for s in counts}
+    assert m["method"] == method and m["train_steps"] == 2
+    assert run(["evaluate", str(out), "--n-samples", "1", "--quiet"]) == 0
+    again = json.loads((out / "metrics.json").read_text())
+    assert again["fitted"] == m["fitted"]  # post-hoc results are kept with the adapter
+
+
+def test_methods_lists_every_method_one_line_each(capsys):
+    assert run(["methods"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split()[0] for line in lines] == list(METHODS)

@@ -11,7 +11,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from scalabl.choices import EMBEDDED_MODEL, KL_DIRECTIONS, METHOD_NAMES, NOISE_MODES, RECIPES, SCORING_MODES
+from scalabl.choices import (
+    EMBEDDED_MODEL,
+    KL_DIRECTIONS,
+    LAPLACE_HESSIANS,
+    LAPLACE_PREDICTIVES,
+    LAPLACE_SUBSETS,
+    METHOD_NAMES,
+    NOISE_MODES,
+    RECIPES,
+    SCORING_MODES,
+)
 from scalabl.data import TASKS
 
 # (flag, section, field, type, help); section "run" = RunConfig, "method", "train".
@@ -29,15 +39,30 @@ OPTIONS: list[tuple[str, str, str, Any, str]] = [
     ("--max-train", "run", "max_train", int, "use at most this many training examples"),
     ("--max-test", "run", "max_test", int, "evaluate on the first N test examples only"),
     ("--scoring", "run", "scoring", str, f"scoring mode: {', '.join(SCORING_MODES)}"),
+    ("--max-validation", "run", "max_validation", int, "post-hoc fitting on the first N validation examples"),
     ("--eval-batch-size", "run", "eval_batch_size", int, "examples per evaluation batch"),
     ("--method", "method", "method", str, f"method: {', '.join(METHOD_NAMES)}"),
     ("--rank", "method", "rank", int, "LoRA rank r"),
     ("--alpha", "method", "alpha", float, "LoRA alpha (scaling alpha / r)"),
-    ("--dropout", "method", "dropout", float, "LoRA dropout"),
-    ("--sigma-init", "method", "sigma_init", float, "ScalaBL: initial posterior std scale eps"),
-    ("--prior-std", "method", "prior_std", float, "ScalaBL: prior std"),
+    ("--dropout", "method", "dropout", float, "LoRA dropout (default per method: mcdropout 0.1, else 0)"),
+    ("--sigma-init", "method", "sigma_init", float, "scalabl/blob: initial posterior std scale eps"),
+    ("--prior-std", "method", "prior_std", float, "scalabl/blob/map: prior std (default per method)"),
     ("--kl-direction", "method", "kl_direction", str, f"KL direction: {', '.join(KL_DIRECTIONS)}"),
     ("--noise", "method", "noise", str, f"noise draws: {', '.join(NOISE_MODES)}"),
+    ("--ensemble-size", "method", "ensemble_size", int, "ensemble: number of members K"),
+    ("--tfb-tolerance", "method", "tfb_tolerance", float, "tfb: allowed rise of validation NLL (nats)"),
+    ("--tfb-samples", "method", "tfb_samples", int, "tfb: posterior samples per validation NLL"),
+    ("--tfb-search-steps", "method", "tfb_search_steps", int, "tfb: bisection steps of the beta search"),
+    ("--laplace-subset", "method", "laplace_subset", str, f"laplace: {', '.join(LAPLACE_SUBSETS)}"),
+    ("--laplace-hessian", "method", "laplace_hessian", str, f"laplace: {', '.join(LAPLACE_HESSIANS)}"),
+    (
+        "--laplace-predictive",
+        "method",
+        "laplace_predictive",
+        str,
+        f"laplace: {', '.join(LAPLACE_PREDICTIVES)}",
+    ),
+    ("--laplace-max-train", "method", "laplace_max_train", int, "laplace: examples for the Hessian"),
     ("--steps", "train", "steps", int, "optimiser steps"),
     ("--batch-size", "train", "batch_size", int, "examples per micro-batch"),
     ("--grad-accum", "train", "grad_accum", int, "micro-batches per optimiser step"),
@@ -68,6 +93,12 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         "--length-norm", action="store_true", default=None, help="continuation: mean token log-lik"
     )
     p.add_argument(
+        "--temperature",
+        action="store_true",
+        default=None,
+        help="fit a temperature on the validation split after training (any method)",
+    )
+    p.add_argument(
         "--n-samples",
         type=_int_list,
         default=None,
@@ -94,6 +125,8 @@ def _run_config(args: argparse.Namespace, base: Any = None):
         picked["method"]["target_modules"] = tuple(t.strip() for t in args.targets.split(",") if t.strip())
     if args.length_norm:
         picked["run"]["length_norm"] = True
+    if args.temperature:
+        picked["method"]["temperature"] = True
     if args.n_samples:
         picked["run"]["n_samples"] = args.n_samples
     method = replace(base.method, **picked["method"])
@@ -119,6 +152,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         args.run_dir, n_samples=args.n_samples, max_test=args.max_test, progress=not args.quiet
     )
     print(comparison_table({metrics["method"]: metrics}))
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from scalabl.methods import METHODS
+
+    width = max(map(len, METHODS))
+    for name, cls in METHODS.items():
+        print(f"{name:<{width}}  {cls.description}")
+        if args.verbose:
+            print(f"{'':<{width}}  {cls.reference}")
     return 0
 
 
@@ -160,6 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-test", type=int, default=None, help="evaluate on the first N test examples only")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "methods",
+        help="list the methods, one line each",
+        description="List every method with a one-line description (-v adds its reference).",
+    )
+    p.set_defaults(func=cmd_methods)
 
     p = sub.add_parser(
         "demo",

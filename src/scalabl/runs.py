@@ -268,7 +268,8 @@ def _metric_rows(metrics_by_name: dict[str, dict[str, Any]]) -> list[dict[str, A
                     "brier": r["brier"],
                     "mi": r.get("mi", float("nan")),
                     "extra": m.get("extra_parameters", 0),
-                    "train_s": m.get("train_seconds", float("nan")),
+                    # training plus post-hoc fitting (TFB's search, Laplace's Hessian, temperature)
+                    "train_s": m.get("train_seconds", float("nan")) + m.get("post_fit_seconds", 0.0),
                     "eval_s": r["seconds"],
                 }
             )
