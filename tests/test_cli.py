@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import save_tiny_model
 from safetensors.torch import load_file
 
@@ -313,3 +314,34 @@ def test_methods_lists_every_method_one_line_each(capsys):
     assert run(["methods"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split()[0] for line in lines] == list(METHODS)
+
+
+def test_post_hoc_methods_start_from_an_mle_run(model_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    base = tmp_path / "mle"
+    assert run(train_argv(model_dir, base, "mle")) == 0
+    for method in ("tfb", "temperature"):
+        out = tmp_path / method
+        argv = train_argv(model_dir, out, method, from_run=str(base), max_validation="4", tfb_search_steps="1")
+        assert run(argv) == 0
+        m = json.loads((out / "metrics.json").read_text())
+        assert m["train_steps"] == 0 and m["from_run"] == str(base)
+        assert not (out / "history.jsonl").exists()  # no training happened
+        assert "No training in this run" in (out / "report.md").read_text()
+        ours = load_file(str(out / "predictions.safetensors"))["log_probs_S0"]
+        mle = load_file(str(base / "predictions.safetensors"))["log_probs_S0"]
+        if method == "tfb":  # posterior mean = the MLE adapter (the SVD rotation keeps B A)
+            assert torch.allclose(ours, mle, rtol=1e-5, atol=1e-5)  # float32 rounding of the rotation
+            assert "beta" in m["fitted"]
+        else:
+            assert m["fitted"]["temperature"] > 0
+    # a Bayesian adapter, or a different rank, cannot seed a run
+    scal = tmp_path / "scalabl"
+    assert run(train_argv(model_dir, scal, "scalabl")) == 0
+    capsys.readouterr()
+    assert run(train_argv(model_dir, tmp_path / "x", "tfb", from_run=str(scal))) == 2
+    assert "cannot seed" in capsys.readouterr().err
+    argv = train_argv(model_dir, tmp_path / "y", "tfb", from_run=str(base))
+    argv[argv.index("--rank") + 1] = "4"
+    assert run(argv) == 2
+    assert "rank" in capsys.readouterr().err

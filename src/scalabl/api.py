@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peft import set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -34,6 +35,7 @@ from scalabl.train import TrainConfig
 
 ADAPTER_FILE = "adapter.safetensors"
 ADAPTER_CONFIG_FILE = "adapter_config.json"
+PLAIN_LORA_METHODS = ("mle", "map", "temperature")  # adapters in plain peft LoRA format
 
 
 class BayesianLoRA:
@@ -199,6 +201,32 @@ class BayesianLoRA:
                 **metadata,
             },
         )
+
+    def init_from(self, folder: str | Path) -> None:
+        """Start from another run's trained plain-LoRA adapter (e.g. an ``mle`` run): post-hoc methods
+        (``tfb``, ``laplace``, ``temperature``) then skip training. Rank and target modules must match.
+        """
+        folder = Path(folder)
+        cfg_path, adapter_path = folder / ADAPTER_CONFIG_FILE, folder / ADAPTER_FILE
+        if not cfg_path.is_file() or not adapter_path.is_file():
+            raise FileNotFoundError(f"{folder}: no saved adapter ({ADAPTER_CONFIG_FILE} and {ADAPTER_FILE})")
+        source = MethodConfig.from_dict(json.loads(cfg_path.read_text())["method"])
+        if source.method not in PLAIN_LORA_METHODS:
+            raise ValueError(
+                f"{folder}: a {source.method!r} adapter cannot seed another method; "
+                f"allowed: {', '.join(PLAIN_LORA_METHODS)}"
+            )
+        for name in ("rank", "alpha", "target_modules"):
+            if getattr(source, name) != getattr(self.config, name):
+                raise ValueError(
+                    f"{folder}: {name} {getattr(source, name)!r} differs from this run's {getattr(self.config, name)!r}"
+                )
+        state = load_file(str(adapter_path))
+        result = set_peft_model_state_dict(self.model, state)
+        # The LoRA A/B weights must all arrive; a method's own buffers (tfb's beta) keep their init.
+        missing = [k for k in result.missing_keys if "lora_" in k and k.endswith(".weight")]
+        if missing:
+            raise ValueError(f"{adapter_path}: adapter is missing {len(missing)} tensors, e.g. {missing[0]}")
 
     @classmethod
     def load(

@@ -41,6 +41,13 @@ OPTIONS: list[tuple[str, str, str, Any, str]] = [
     ("--scoring", "run", "scoring", str, f"scoring mode: {', '.join(SCORING_MODES)}"),
     ("--max-validation", "run", "max_validation", int, "post-hoc fitting on the first N validation examples"),
     ("--eval-batch-size", "run", "eval_batch_size", int, "examples per evaluation batch"),
+    (
+        "--from-run",
+        "run",
+        "from_run",
+        str,
+        "start from this mle/map run's adapter, skip training (for tfb, laplace, temperature)",
+    ),
     ("--method", "method", "method", str, f"method: {', '.join(METHOD_NAMES)}"),
     ("--rank", "method", "rank", int, "LoRA rank r"),
     ("--alpha", "method", "alpha", float, "LoRA alpha (scaling alpha / r)"),

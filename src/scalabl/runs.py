@@ -65,6 +65,7 @@ class RunConfig:
     length_norm: bool = False
     n_samples: tuple[int, ...] = (10, 0)
     eval_batch_size: int = 8
+    from_run: str | None = None  # start from this run's plain-LoRA adapter and skip training (post hoc)
     method: MethodConfig = field(default_factory=MethodConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -165,7 +166,8 @@ def _run_facts(config: RunConfig, blora: BayesianLoRA, n_train: int) -> dict[str
         "n_train": n_train,
         "lora_parameters": blora.lora_parameters,
         "extra_parameters": blora.extra_parameters,
-        "train_steps": config.train.steps,
+        "train_steps": 0 if config.from_run else config.train.steps,
+        "from_run": config.from_run,
     }
 
 
@@ -192,7 +194,10 @@ def train_run(config: RunConfig, out: str | Path, *, progress: bool = True) -> d
             f.write(json.dumps(record) + "\n")
 
     t0 = time.perf_counter()
-    blora.fit(splits.train, config.train, progress=progress, on_log=log_line)
+    if config.from_run:
+        blora.init_from(config.from_run)
+    else:
+        blora.fit(splits.train, config.train, progress=progress, on_log=log_line)
     train_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
     validation = splits.validation[: config.max_validation] if config.max_validation else splits.validation
@@ -343,8 +348,13 @@ def write_run_report(run_dir: str | Path) -> None:
         title=f"{name} on {m['task']} (test, n={m['n_test']})",
     )
     history = load_history(run_dir)
-    plot_keys = ("nll", "sigma_over_mu") if any("sigma" in h for h in history) else ("nll",)
-    plot_training_curves({name: history}, run_dir / "training.png", keys=plot_keys)
+    if history:
+        plot_keys = ("nll", "sigma_over_mu") if any("sigma" in h for h in history) else ("nll",)
+        plot_training_curves({name: history}, run_dir / "training.png", keys=plot_keys)
+        training = ["![training](training.png)", ""]
+    else:
+        training = [f"No training in this run: the adapter comes from `{m.get('from_run')}`.", ""]
+    fitted = {k: v for k, v in m.get("fitted", {}).items() if isinstance(v, int | float)}
     lines = [
         f"# {name} on {m['task']}",
         "",
@@ -355,13 +365,17 @@ def write_run_report(run_dir: str | Path) -> None:
         comparison_table({name: m}),
         "",
         *([summary, ""] if (summary := posterior_summary(history)) else []),
+        *(
+            ["Fitted post hoc: " + ", ".join(f"{k} = {v:.4g}" for k, v in fitted.items()) + ".", ""]
+            if fitted
+            else []
+        ),
         "ECE: 15 equal-width bins on the max probability. NLL: mean natural-log negative log-likelihood. "
         "Brier: sum over classes. S = posterior samples in the Bayesian model average (0 = posterior mean). "
         "MI: mutual information between the prediction and the posterior sample (disagreement of the samples).",
         "",
         "![reliability](reliability.png)",
         "",
-        "![training](training.png)",
-        "",
+        *training,
     ]
     write_text(run_dir / "report.md", "\n".join(lines))
