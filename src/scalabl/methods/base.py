@@ -224,6 +224,13 @@ def total_kl(model: nn.Module) -> torch.Tensor:
     return torch.stack(kls).sum()
 
 
+def replace_lora_a(model: nn.Module, build: Callable[[nn.Linear], nn.Module]) -> None:
+    """Replace every adapter's ``lora_A`` linear by ``build(old_linear)``, on the old one's device."""
+    for _, layer in lora_layers(model):
+        for adapter_name, lora_a in list(layer.lora_A.items()):
+            layer.lora_A[adapter_name] = build(lora_a).to(lora_a.weight.device)
+
+
 def lora_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     """Yield (name, peft LoraLayer) for every adapted layer of a peft model."""
     from peft.tuners.lora import LoraLayer
@@ -283,16 +290,20 @@ class Method(ABC):
 
     def wrap(self, model: nn.Module) -> PeftModel:
         """Add LoRA adapters with peft, then let the method specialise them."""
+        peft_model = self.add_lora(model)
+        self.specialise(peft_model)
+        return peft_model
+
+    def add_lora(self, model: nn.Module, adapter_name: str = "default") -> PeftModel:
+        """peft's ``get_peft_model`` with this method's LoRA config; names the field when nothing matches."""
         try:
-            peft_model = get_peft_model(model, self.lora_config())
+            return get_peft_model(model, self.lora_config(), adapter_name=adapter_name)
         except ValueError as err:
             if "not found in the base model" in str(err):
                 raise ValueError(
                     f"target_modules: {list(self.config.target_modules)} matched no module of the model"
                 ) from err
             raise
-        self.specialise(peft_model)
-        return peft_model
 
     def specialise(self, model: PeftModel) -> None:  # noqa: B027 - optional hook
         """Turn the plain LoRA layers into this method's layers (nothing for plain LoRA)."""

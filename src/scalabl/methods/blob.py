@@ -16,7 +16,7 @@ import torch
 from peft import PeftModel
 from torch import nn
 
-from scalabl.methods.base import Method, lora_layers
+from scalabl.methods.base import Method, replace_lora_a
 from scalabl.methods.flipout import FlipoutGaussianA
 from scalabl.methods.scalabl import gaussian_kl
 
@@ -75,13 +75,9 @@ class BLoB(Method):
 
     def specialise(self, model: PeftModel) -> None:
         c = self.config
-        for _, layer in lora_layers(model):
-            for adapter_name, lora_a in list(layer.lora_A.items()):
-                new = BlobA.from_lora_weight(
-                    lora_a.weight,
-                    c.sigma_init,
-                    prior_std=self.prior_std,
-                    kl_direction=c.kl_direction,
-                    noise=c.noise,
-                )
-                layer.lora_A[adapter_name] = new.to(lora_a.weight.device)
+        replace_lora_a(
+            model,
+            lambda lora_a: BlobA.from_lora_weight(
+                lora_a.weight, c.sigma_init, prior_std=self.prior_std, kl_direction=c.kl_direction, noise=c.noise
+            ),
+        )

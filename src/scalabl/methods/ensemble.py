@@ -37,17 +37,8 @@ class Ensemble(Method):
         return [f"member{k}" for k in range(self.config.ensemble_size)]
 
     def wrap(self, model: nn.Module) -> PeftModel:
-        from peft import get_peft_model
-
         first, *rest = self.members
-        try:
-            peft_model = get_peft_model(model, self.lora_config(), adapter_name=first)
-        except ValueError as err:
-            if "not found in the base model" in str(err):
-                raise ValueError(
-                    f"target_modules: {list(self.config.target_modules)} matched no module of the model"
-                ) from err
-            raise
+        peft_model = self.add_lora(model, adapter_name=first)
         for name in rest:  # initialised from the global RNG in turn: seeded by the caller
             peft_model.add_adapter(name, self.lora_config())
         peft_model.set_adapter(first)

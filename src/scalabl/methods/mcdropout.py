@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from peft import LoraConfig, PeftModel
 from torch import nn
 
-from scalabl.methods.base import BayesianModule, Method, lora_layers
+from scalabl.methods.base import BayesianModule, Method, replace_lora_a
 
 
 class DropoutA(nn.Linear, BayesianModule):
@@ -71,8 +71,9 @@ class MCDropout(Method):
         return config
 
     def specialise(self, model: PeftModel) -> None:
-        for _, layer in lora_layers(model):
-            for adapter_name, lora_a in list(layer.lora_A.items()):
-                new = DropoutA(lora_a.in_features, lora_a.out_features, self.dropout)
-                new.weight = lora_a.weight
-                layer.lora_A[adapter_name] = new
+        def build(lora_a: nn.Linear) -> DropoutA:
+            new = DropoutA(lora_a.in_features, lora_a.out_features, self.dropout)
+            new.weight = lora_a.weight  # keep peft's initialisation
+            return new
+
+        replace_lora_a(model, build)

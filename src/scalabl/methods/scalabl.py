@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from peft import PeftModel
 from torch import nn
 
-from scalabl.methods.base import BayesianModule, Method, MethodConfig, lora_layers
+from scalabl.methods.base import BayesianModule, Method, MethodConfig, replace_lora_a
 
 
 def gaussian_kl(
@@ -164,16 +164,12 @@ class ScalaBL(Method):
 
     def specialise(self, model: PeftModel) -> None:
         c = self.config
-        for _, layer in lora_layers(model):
-            for adapter_name, lora_a in list(layer.lora_A.items()):
-                new = SubspaceA.from_lora_weight(
-                    lora_a.weight,
-                    c.sigma_init,
-                    prior_std=self.prior_std,
-                    kl_direction=c.kl_direction,
-                    noise=c.noise,
-                )
-                layer.lora_A[adapter_name] = new.to(lora_a.weight.device)
+        replace_lora_a(
+            model,
+            lambda lora_a: SubspaceA.from_lora_weight(
+                lora_a.weight, c.sigma_init, prior_std=self.prior_std, kl_direction=c.kl_direction, noise=c.noise
+            ),
+        )
 
 
 __all__ = ["MethodConfig", "ScalaBL", "SubspaceA", "gaussian_kl"]

@@ -24,7 +24,7 @@ import torch
 from peft import PeftModel
 from torch import nn
 
-from scalabl.methods.base import Method, lora_layers
+from scalabl.methods.base import Method, lora_layers, replace_lora_a
 from scalabl.methods.flipout import FlipoutGaussianA
 
 if TYPE_CHECKING:
@@ -92,10 +92,7 @@ class TFB(Method):
     bayesian = True
 
     def specialise(self, model: PeftModel) -> None:
-        for _, layer in lora_layers(model):
-            for adapter_name, lora_a in list(layer.lora_A.items()):
-                new = TFBA(lora_a.weight.detach().clone(), noise=self.config.noise)
-                layer.lora_A[adapter_name] = new.to(lora_a.weight.device)
+        replace_lora_a(model, lambda lora_a: TFBA(lora_a.weight.detach().clone(), noise=self.config.noise))
 
     @torch.no_grad()
     def rotate(self, model: nn.Module) -> None:
