@@ -90,16 +90,29 @@ class BayesianLoRA:
         train: Sequence[Example],
         config: TrainConfig | None = None,
         *,
+        checkpoint_dir: str | Path | None = None,
+        resume: bool = False,
         progress: bool = True,
         on_log: Callable[[dict[str, Any]], None] | None = None,
         **overrides: Any,
     ) -> list[dict[str, Any]]:
         """Train the adapter; keyword overrides (``steps=200``) replace fields of ``config``.
 
-        ``on_log`` receives each logged record (step, nll, kl, sigma, ...) as training goes.
+        ``on_log`` receives each logged record (step, nll, kl, sigma, ...) as training goes. With
+        ``checkpoint_dir`` the run is checkpointed every ``config.checkpoint_every`` steps and at the
+        end; ``resume=True`` continues from the checkpoint found there.
         """
         config = replace(config or TrainConfig(), **overrides)
-        self.history = self.method.fit(self.model, self.scorer, train, config, progress=progress, on_log=on_log)
+        self.history = self.method.fit(
+            self.model,
+            self.scorer,
+            train,
+            config,
+            checkpoint_dir=checkpoint_dir,
+            resume=resume,
+            progress=progress,
+            on_log=on_log,
+        )
         return self.history
 
     @property

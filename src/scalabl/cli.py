@@ -81,6 +81,7 @@ OPTIONS: list[tuple[str, str, str, Any, str]] = [
     ("--variational-lr", "train", "variational_lr", float, "elbo: learning rate of log mu / log sigma"),
     ("--kl-lr", "train", "kl_lr", float, "blob: base learning rate of the KL SGD step"),
     ("--seed", "train", "seed", int, "seed of adapter init, data order and noise"),
+    ("--checkpoint-every", "train", "checkpoint_every", int, "steps between checkpoints (0: only at the end)"),
 ]
 
 
@@ -142,8 +143,17 @@ def _run_config(args: argparse.Namespace, base: Any = None):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from scalabl.runs import comparison_table, train_run
+    from scalabl.runs import comparison_table, resume_run, train_run
 
+    if args.resume is not None:
+        given = [flag for flag, _, dest, _, _ in OPTIONS if getattr(args, dest) is not None]
+        given += [f for f, d in (("--config", "config"), ("--out", "out"), ("--targets", "targets")) if getattr(args, d)]
+        if given:
+            raise ValueError(f"--resume continues the run with its own config.json; drop {', '.join(given)}")
+        metrics = resume_run(args.resume, progress=not args.quiet)
+        print(comparison_table({metrics["method"]: metrics}))
+        print(f"\nrun folder: {args.resume}")
+        return 0
     config = _run_config(args)
     out = args.out or Path("runs") / f"{config.method.method}-{config.task}-{time.strftime('%Y%m%d-%H%M%S')}"
     metrics = train_run(config, out, progress=not args.quiet)
@@ -196,6 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_run_options(p)
     p.add_argument("--out", type=Path, default=None, help="run folder (default runs/METHOD-TASK-TIME)")
+    p.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="RUN_DIR",
+        help="continue an interrupted run from its last checkpoint (with its own config)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
 

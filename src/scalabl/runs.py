@@ -15,6 +15,7 @@ Run folder layout::
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -35,6 +36,7 @@ from scalabl.report import markdown_table, plot_reliability, plot_training_curve
 from scalabl.scoring import SCORING_MODES
 from scalabl.train import TrainConfig
 
+CHECKPOINT_DIR = "checkpoint"  # training checkpoint (resume); see scalabl.checkpoint
 RUN_FILES = (
     "config.json",
     "adapter.safetensors",
@@ -123,6 +125,19 @@ def _check_writable(out: Path) -> None:
         raise OSError(f"output folder {out} is not writable: {err}") from err
 
 
+def _check_free_space(out: Path, blora: BayesianLoRA) -> None:
+    """Refuse to start when the disk cannot hold the adapter, its checkpoint and the predictions."""
+    adapter_bytes = 4 * sum(p.numel() for n, p in blora.model.named_parameters() if "lora_" in n)
+    # adapter + checkpoint (weights and two AdamW moments) + predictions and reports, with margin
+    needed = 5 * adapter_bytes + 50 * 2**20
+    free = shutil.disk_usage(out).free
+    if free < needed:
+        raise OSError(
+            f"output folder {out}: {free / 2**20:.0f} MB free on its disk, the run needs about "
+            f"{needed / 2**20:.0f} MB (adapter, checkpoint, predictions); free space or choose another --out"
+        )
+
+
 def evaluate_model(
     blora: BayesianLoRA, config: RunConfig, out: Path, *, progress: bool = True
 ) -> dict[str, Any]:
@@ -171,8 +186,12 @@ def _run_facts(config: RunConfig, blora: BayesianLoRA, n_train: int) -> dict[str
     }
 
 
-def train_run(config: RunConfig, out: str | Path, *, progress: bool = True) -> dict[str, Any]:
-    """Train and evaluate one method; returns the metrics written to ``out/metrics.json``."""
+def train_run(config: RunConfig, out: str | Path, *, progress: bool = True, resume: bool = False) -> dict[str, Any]:
+    """Train and evaluate one method; returns the metrics written to ``out/metrics.json``.
+
+    Training checkpoints into ``out/checkpoint`` (every ``config.train.checkpoint_every`` steps and
+    at the end); ``resume=True`` continues from there (see :func:`resume_run`).
+    """
     out = Path(out)
     _check_writable(out)  # before the (possibly long) model load
     splits = config.splits()
@@ -186,8 +205,10 @@ def train_run(config: RunConfig, out: str | Path, *, progress: bool = True) -> d
         length_norm=config.length_norm,
         seed=config.train.seed,
     )
+    _check_free_space(out, blora)  # fail before training, not after
     history_path = out / "history.jsonl"
-    history_path.unlink(missing_ok=True)
+    if not resume:
+        history_path.unlink(missing_ok=True)
 
     def log_line(record: dict[str, Any]) -> None:
         with history_path.open("a", encoding="utf-8") as f:
@@ -197,8 +218,18 @@ def train_run(config: RunConfig, out: str | Path, *, progress: bool = True) -> d
     if config.from_run:
         blora.init_from(config.from_run)
     else:
-        blora.fit(splits.train, config.train, progress=progress, on_log=log_line)
-    train_seconds = time.perf_counter() - t0
+        blora.fit(
+            splits.train,
+            config.train,
+            checkpoint_dir=out / CHECKPOINT_DIR,
+            resume=resume,
+            progress=progress,
+            on_log=log_line,
+        )
+        # Rewritten whole: after a kill the file may hold lines past the checkpoint it resumed from.
+        write_text(history_path, "".join(json.dumps(r) + "\n" for r in blora.history))
+    # A resumed run's history carries the time spent before the interruption.
+    train_seconds = blora.history[-1]["seconds"] if blora.history else time.perf_counter() - t0
     t0 = time.perf_counter()
     validation = splits.validation[: config.max_validation] if config.max_validation else splits.validation
     fitted = blora.calibrate(
@@ -225,15 +256,28 @@ def train_run(config: RunConfig, out: str | Path, *, progress: bool = True) -> d
     return metrics
 
 
-def load_run(run_dir: str | Path) -> tuple[RunConfig, BayesianLoRA]:
-    """Rebuild a run's model with its trained adapter."""
+def resume_run(run_dir: str | Path, *, progress: bool = True) -> dict[str, Any]:
+    """Continue an interrupted ``train_run`` in ``run_dir`` with the run's own config.json."""
     run_dir = Path(run_dir)
+    return train_run(_read_config(run_dir), run_dir, progress=progress, resume=True)
+
+
+def _read_config(run_dir: Path) -> RunConfig:
     cfg_path = run_dir / "config.json"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{run_dir}: not a run folder (no config.json)")
-    raw = json.loads(cfg_path.read_text())
+    try:
+        raw = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{cfg_path}: not valid JSON (line {err.lineno}: {err.msg})") from err
     raw.pop("scalabl_version", None)
-    config = RunConfig.from_dict(raw)
+    return RunConfig.from_dict(raw)
+
+
+def load_run(run_dir: str | Path) -> tuple[RunConfig, BayesianLoRA]:
+    """Rebuild a run's model with its trained adapter."""
+    run_dir = Path(run_dir)
+    config = _read_config(run_dir)
     model, tokenizer = load_model(config.model, dtype=parse_dtype(config.dtype))
     return config, BayesianLoRA.load(run_dir, model, tokenizer)
 

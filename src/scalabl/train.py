@@ -16,6 +16,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,6 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from scalabl.checkpoint import CHECKPOINT_FILE, read_checkpoint, restore_checkpoint, save_checkpoint
 from scalabl.choices import RECIPES
 from scalabl.config import check_fields
 from scalabl.data import Example
@@ -49,6 +51,7 @@ class TrainConfig:
     kl_lr: float = 0.1  # blob: base learning rate of the SGD step on the KL
     seed: int = 0
     log_every: int = 10
+    checkpoint_every: int = 50  # steps between checkpoints (0: only at the end); needs a checkpoint folder
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "log_every"):
@@ -63,6 +66,8 @@ class TrainConfig:
         for name in ("warmup_ratio", "kl_warmup_ratio"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name}: must be in [0, 1], got {getattr(self, name)!r}")
+        if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every: must be an integer >= 0, got {self.checkpoint_every!r}")
         if self.weight_decay < 0 or self.kl_weight < 0:
             raise ValueError("weight_decay and kl_weight must be >= 0")
         if self.recipe not in RECIPES:
@@ -86,12 +91,35 @@ def blob_kl_weight(step: int, n_train: int, batch_size: int) -> float:
     return math.exp(i * math.log(2) - log_denominator)
 
 
-def _batches(n: int, batch_size: int, generator: torch.Generator):
-    """Endless stream of index batches: a fresh seeded permutation each epoch, last partial kept."""
-    while True:
-        perm = torch.randperm(n, generator=generator).tolist()
-        for start in range(0, n, batch_size):
-            yield perm[start : start + batch_size]
+class BatchStream:
+    """Endless stream of index batches: a fresh seeded permutation each epoch, last partial kept.
+
+    Its position (the current permutation and the next index) is part of a checkpoint, so a resumed
+    run sees the same batches as an uninterrupted one.
+    """
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator) -> None:
+        self.n, self.batch_size, self.generator = n, batch_size, generator
+        self.perm: list[int] = []
+        self.pos = 0
+
+    def next(self) -> list[int]:
+        if self.pos >= len(self.perm):
+            self.perm = torch.randperm(self.n, generator=self.generator).tolist()
+            self.pos = 0
+        batch = self.perm[self.pos : self.pos + self.batch_size]
+        self.pos += self.batch_size
+        return batch
+
+    def state(self) -> dict[str, Any]:
+        return {"perm": self.perm, "pos": self.pos}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.perm, self.pos = list(state["perm"]), int(state["pos"])
+
+
+class TrainingDiverged(ValueError):
+    """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
 
 
 def fit(
@@ -101,6 +129,8 @@ def fit(
     config: TrainConfig,
     *,
     penalty: Callable[[], torch.Tensor] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
     progress: bool = True,
     on_log: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
@@ -108,6 +138,10 @@ def fit(
 
     The KL of the model's Bayesian modules enters as the recipe says; ``penalty()`` (a negative log
     prior, e.g. MAP's Gaussian prior on the LoRA weights) is added as ``penalty() / N_train``.
+    With ``checkpoint_dir``, a checkpoint is written every ``config.checkpoint_every`` steps and at
+    the end; ``resume=True`` continues from the checkpoint there (if any) and gives the same result,
+    bit for bit on CPU, as a run never interrupted. ``on_log`` sees only the records logged after
+    the resumed step.
     """
     if len(train) == 0:
         raise ValueError("training set is empty")
@@ -128,21 +162,41 @@ def fit(
     optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     warmup = round(config.warmup_ratio * config.steps)
     scheduler = get_linear_schedule_with_warmup(optimizer, warmup, config.steps)
+    optimizers = {"main": optimizer}
     kl_optimizer = None
     if config.recipe == "blob" and bayesian:
-        kl_optimizer = torch.optim.SGD(variational, lr=config.kl_lr)
+        kl_optimizer = optimizers["kl"] = torch.optim.SGD(variational, lr=config.kl_lr)
 
-    batches = _batches(n_train, config.batch_size, generator)
+    batches = BatchStream(n_train, config.batch_size, generator)
     history: list[dict[str, Any]] = []
-    model.train()
-    bar = tqdm(range(config.steps), desc="train", disable=not progress, dynamic_ncols=True)
-    t0 = time.perf_counter()
     window: list[tuple[float, float, float]] = []  # (nll, kl, KL + penalty term) per step since the last log
+    start, elapsed, last_checkpoint = 0, 0.0, None
+    if checkpoint_dir is not None and resume:
+        found = read_checkpoint(checkpoint_dir)
+        if found is not None:
+            source = str(Path(checkpoint_dir) / CHECKPOINT_FILE)
+            loop = restore_checkpoint(
+                *found,
+                model=model,
+                optimizers=optimizers,
+                scheduler=scheduler,
+                generator=generator,
+                source=source,
+            )
+            _check_same_config(loop["config"], config, source)
+            batches.load_state(loop["batches"])
+            history, window = loop["history"], [tuple(w) for w in loop["window"]]
+            start = last_checkpoint = loop["step"]
+            elapsed = loop["elapsed"]
+
+    model.train()
+    bar = tqdm(range(start, config.steps), desc="train", disable=not progress, dynamic_ncols=True)
+    t0 = time.perf_counter() - elapsed
     for step in bar:
         optimizer.zero_grad(set_to_none=True)
         nll_sum = 0.0
         for _ in range(config.grad_accum):
-            batch = [train[i] for i in next(batches)]
+            batch = [train[i] for i in batches.next()]
             labels = torch.tensor([e.label for e in batch], device=device)
             logits = scorer.class_logits(model, batch, sample=True, generator=generator)
             nll = F.cross_entropy(logits, labels)
@@ -161,6 +215,17 @@ def fit(
             prior_term = penalty() / n_train
             prior_term.backward()
             kl_term += prior_term.item()
+        if not (math.isfinite(nll_sum) and math.isfinite(kl_term)):
+            # Stop before the optimiser writes NaN into the weights; the last checkpoint stays good.
+            where = (
+                f"the last good checkpoint (step {last_checkpoint}) is kept in {checkpoint_dir}"
+                if last_checkpoint is not None
+                else "no checkpoint was written before it"
+            )
+            raise TrainingDiverged(
+                f"step {step + 1}: the training loss is not finite (NLL {nll_sum}, KL/penalty term {kl_term}); "
+                f"training stopped, {where}. Lower the learning rate or check the data."
+            )
         if config.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
         optimizer.step()
@@ -207,5 +272,34 @@ def fit(
                 if stats:
                     shown["sigma"] = f"{record['sigma']:.3f}"
             bar.set_postfix(shown)
+        every = config.checkpoint_every
+        if checkpoint_dir is not None and ((every and (step + 1) % every == 0) or step + 1 == config.steps):
+            save_checkpoint(
+                checkpoint_dir,
+                model=model,
+                optimizers=optimizers,
+                scheduler=scheduler,
+                generator=generator,
+                loop_state={
+                    "step": step + 1,
+                    "batches": batches.state(),
+                    "history": history,
+                    "window": [list(w) for w in window],
+                    "elapsed": time.perf_counter() - t0,
+                    "config": config.to_dict(),
+                },
+            )
+            last_checkpoint = step + 1
     model.eval()
     return history
+
+
+def _check_same_config(saved: dict[str, Any], config: TrainConfig, source: str) -> None:
+    """A checkpoint resumes only the run it came from (the checkpoint interval may change)."""
+    current = config.to_dict()
+    for key, value in saved.items():
+        if key != "checkpoint_every" and current.get(key) != value:
+            raise ValueError(
+                f"{source}: written with {key} = {value!r}, this run has {current.get(key)!r}; "
+                "resume with the same training config or start a new run folder"
+            )

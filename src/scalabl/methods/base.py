@@ -19,6 +19,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -320,14 +321,24 @@ class Method(ABC):
         train: Sequence[Example],
         config: TrainConfig,
         *,
+        checkpoint_dir: str | Path | None = None,
+        resume: bool = False,
         progress: bool = True,
         on_log: Callable[[dict[str, Any]], None] | None = None,
     ) -> list[dict[str, Any]]:
-        """Train the adapter with the shared loop; returns its logged history."""
+        """Train the adapter with the shared loop (checkpointed into ``checkpoint_dir``); returns its history."""
         from scalabl.train import fit
 
         return fit(
-            model, scorer, train, config, penalty=self.penalty(model), progress=progress, on_log=on_log
+            model,
+            scorer,
+            train,
+            config,
+            penalty=self.penalty(model),
+            checkpoint_dir=checkpoint_dir,
+            resume=resume,
+            progress=progress,
+            on_log=on_log,
         )
 
     # ---- 3. post hoc ------------------------------------------------------------------------------

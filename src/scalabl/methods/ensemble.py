@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -51,10 +52,16 @@ class Ensemble(Method):
         train: Sequence[Example],
         config: TrainConfig,
         *,
+        checkpoint_dir: str | Path | None = None,
+        resume: bool = False,
         progress: bool = True,
         on_log: Callable[[dict[str, Any]], None] | None = None,
     ) -> list[dict[str, Any]]:
-        """Train member k with seed ``config.seed + k``; history records carry ``member``."""
+        """Train member k with seed ``config.seed + k``; history records carry ``member``.
+
+        Each member checkpoints into ``checkpoint_dir/member{k}``: a resumed run restores the members
+        already trained from their final checkpoints and continues the interrupted one.
+        """
         from scalabl.train import fit
 
         history: list[dict[str, Any]] = []
@@ -66,7 +73,16 @@ class Ensemble(Method):
                 if on_log is not None:
                     on_log(record)
 
-            history += fit(model, scorer, train, replace(config, seed=config.seed + k), progress=progress, on_log=tagged)
+            history += fit(
+                model,
+                scorer,
+                train,
+                replace(config, seed=config.seed + k),
+                checkpoint_dir=None if checkpoint_dir is None else Path(checkpoint_dir) / name,
+                resume=resume,
+                progress=progress,
+                on_log=tagged,
+            )
         model.set_adapter(self.members[0])
         return history
 
