@@ -172,6 +172,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from scalabl.export import export_peft
+    from scalabl.runs import load_run
+
+    config, blora = load_run(args.run_dir)
+    for note in export_peft(blora, args.out, base_model=config.model, member=args.member):
+        print(f"note: {note}")
+    print(f"peft adapter written to {args.out} (load with PeftModel.from_pretrained(base_model, '{args.out}'))")
+    return 0
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     from scalabl.methods import METHODS
 
@@ -228,6 +239,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-test", type=int, default=None, help="evaluate on the first N test examples only")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "export",
+        help="write a run's posterior-mean adapter as a standard peft LoRA adapter",
+        description="Export the posterior-mean adapter of a run folder in peft's format "
+        "(adapter_model.safetensors + adapter_config.json), readable by PeftModel.from_pretrained.",
+    )
+    p.add_argument("run_dir", type=Path, help="a folder written by 'scalabl train'")
+    p.add_argument("out", type=Path, help="output folder (replaced atomically)")
+    p.add_argument("--member", type=int, default=None, help="ensemble: which member to export")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(
         "methods",

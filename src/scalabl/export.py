@@ -1,0 +1,62 @@
+"""Export a trained adapter as a standard peft LoRA adapter that stock ``PeftModel.from_pretrained`` reads.
+
+Every method's ``A`` module exposes the posterior mean as ``weight`` (ScalaBL: ``diag(mu) P``; BLoB,
+TFB: the mean of the Gaussian; Laplace: the MAP), so the export is the posterior-mean adapter: the
+``n_samples = 0`` predictions of scalabl, reproduced by any peft user without scalabl installed.
+What a plain LoRA cannot hold is left out and reported: the posterior's spread, a temperature, the
+other members of an ensemble (pick one with ``member``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from peft import LoraConfig
+from safetensors.torch import save_file
+
+from scalabl.api import BayesianLoRA
+from scalabl.io import atomic_dir
+from scalabl.methods.base import lora_layers
+
+PEFT_WEIGHTS = "adapter_model.safetensors"
+PEFT_CONFIG = "adapter_config.json"
+
+
+def export_peft(blora: BayesianLoRA, out: str | Path, *, base_model: str, member: int | None = None) -> list[str]:
+    """Write ``out/adapter_model.safetensors`` + ``out/adapter_config.json`` (peft's format), atomically.
+
+    Returns notes on what the export leaves out (empty when nothing is lost but the spread).
+    """
+    out = Path(out)
+    names = getattr(blora.method, "members", None)
+    if names is not None:
+        if member is None or not 0 <= member < len(names):
+            raise ValueError(f"member: an ensemble exports one member; choose --member in 0..{len(names) - 1}")
+        adapter = names[member]
+    elif member is not None:
+        raise ValueError(f"member: only an ensemble has members, this is {blora.config.method!r}")
+    else:
+        adapter = "default"
+
+    state = {}
+    for name, layer in lora_layers(blora.model):
+        if adapter not in layer.lora_A:
+            continue
+        state[f"{name}.lora_A.weight"] = layer.lora_A[adapter].weight.detach().contiguous().cpu().clone()
+        state[f"{name}.lora_B.weight"] = layer.lora_B[adapter].weight.detach().contiguous().cpu().clone()
+    config: LoraConfig = blora.method.lora_config()
+    config.base_model_name_or_path = base_model
+    notes = []
+    if blora.method.bayesian:
+        notes.append(f"{blora.config.method}: the posterior mean only (n_samples = 0); its spread is not exported")
+    if blora.temperature is not None:
+        notes.append(f"temperature T = {blora.temperature:.4g} is not part of a peft adapter: divide log-probs by it")
+    if names is not None:
+        notes.append(f"ensemble: member {member} of {len(names)} only")
+    with atomic_dir(out) as tmp:
+        save_file(state, str(tmp / PEFT_WEIGHTS), metadata={"format": "pt"})
+        config.save_pretrained(str(tmp))
+        # peft writes its config; keep it as it is and leave a note of the provenance beside it
+        (tmp / "scalabl_export.json").write_text(json.dumps({"method": blora.config.to_dict(), "notes": notes}, indent=2))
+    return notes
