@@ -173,3 +173,14 @@ def test_examples_reusing_an_id_are_scored_by_their_own_text():
     got = blora.predict_proba([second], n_samples=0)
     expected = wrap("mle").predict_proba([second], n_samples=0)  # a fresh scorer, same weights
     torch.testing.assert_close(got, expected)
+
+
+def test_a_pickle_in_place_of_the_adapter_is_refused(tmp_path):
+    import pickle
+
+    blora = wrap("mle")
+    blora.save(tmp_path)
+    with open(tmp_path / ADAPTER_FILE, "wb") as f:
+        pickle.dump({"weight": [1, 2, 3]}, f)
+    with pytest.raises(ValueError, match="not a valid safetensors file.*never loads pickles"):
+        BayesianLoRA.load(tmp_path, make_tiny_llama(), make_byte_tokenizer())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from scalabl.data import (
@@ -10,6 +12,7 @@ from scalabl.data import (
     Example,
     Splits,
     load_examples,
+    load_jsonl,
     load_splits,
     split_examples,
 )
@@ -133,3 +136,65 @@ def test_example_validation():
     for field, bad in [("id", ""), ("question", ""), ("choices", ("a",)), ("label", 2), ("label", -1)]:
         with pytest.raises(ValueError, match=field):
             Example(**{**ok, field: bad})
+
+
+# ---- JSONL: a user's own data ----------------------------------------------------------------------
+
+GOOD = [
+    '{"question": "2+2=?", "choices": ["3", "4", "5"], "answer": 1}',
+    '{"id": "q2", "context": "Passage.", "question": "Yes?", "choices": ["yes", "no"], "answer": "no"}',
+    "",
+    '{"question": "Pick b", "choices": ["a", "b"], "answer": 1}',
+]
+
+
+def write_jsonl(tmp_path, lines: list[str]):
+    path = tmp_path / "data.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_jsonl_reads_rows_with_optional_fields(tmp_path):
+    path = write_jsonl(tmp_path, GOOD)
+    ex = load_jsonl(path)
+    assert [e.id for e in ex] == ["line-1", "q2", "line-4"]
+    assert ex[0].choices == ("3", "4", "5") and ex[0].label == 1
+    assert ex[1].label == 1 and ex[1].context == "Passage."
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ('{"question": "x", "choices": ["a", "b"], "answer": 0', r"data.jsonl:2: not valid JSON"),
+        ('{"question": "x", "choices": ["a", "b"]}', r"data.jsonl:2: missing field 'answer'"),
+        ('{"question": "x", "choices": ["a", "b"], "answer": 2}', r"data.jsonl:2: .*answer' 2 is out of range for 2 choices \(0..1\)"),
+        ('{"question": "x", "choices": [], "answer": 0}', r"data.jsonl:2: field 'choices' has 0 choice"),
+        ('{"question": "x", "choices": ["a", "b"], "answer": "c"}', r"data.jsonl:2: .*'c' is not one of the choices"),
+        ('{"question": "x", "choices": ["a", "b"], "answer": 0, "label": 1}', r"data.jsonl:2: unknown field 'label'"),
+        ('[1, 2]', r"data.jsonl:2: expected a JSON object"),
+        ('{"question": "", "choices": ["a", "b"], "answer": 0}', r"data.jsonl:2: field 'question'"),
+    ],
+)  # fmt: skip
+def test_jsonl_bad_rows_name_file_line_and_field(tmp_path, line, message):
+    path = write_jsonl(tmp_path, [GOOD[0], line])
+    with pytest.raises(ValueError, match=message):
+        load_jsonl(path)
+
+
+def test_jsonl_duplicate_ids_and_empty_files(tmp_path):
+    dup = '{"id": "a", "question": "x", "choices": ["a", "b"], "answer": 0}'
+    with pytest.raises(ValueError, match=r"data.jsonl:3: duplicate id 'a' \(first on line 1\)"):
+        load_jsonl(write_jsonl(tmp_path, [dup, GOOD[0], dup]))
+    with pytest.raises(ValueError, match="no examples"):
+        load_jsonl(write_jsonl(tmp_path, ["", "  "]))
+
+
+def test_jsonl_task_splits_deterministically(tmp_path):
+    rows = [json.dumps({"question": f"q{i}", "choices": ["a", "b"], "answer": i % 2}) for i in range(30)]
+    path = write_jsonl(tmp_path, rows)
+    splits = load_splits(f"jsonl:{path}")
+    assert splits.summary() == {"train": 21, "validation": 3, "test": 6}
+    again = load_splits(f"jsonl:{path}")
+    assert [e.id for e in again.test] == [e.id for e in splits.test]
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        load_splits(f"jsonl:{tmp_path / 'missing.jsonl'}")

@@ -154,3 +154,31 @@ def test_real_embedded_model(monkeypatch, tmp_path):
     assert logits.shape[-1] == 49152 == model.config.vocab_size
     assert torch.isfinite(logits).all()
     assert logits.dtype == torch.float32
+
+
+def test_unknown_model_is_one_line(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OSError, match="could not load model 'no-such/model'") as info:
+        load_model("no-such/model")
+    assert "\n" not in str(info.value)
+
+
+class Exploit:
+    """Unpickling this would run a command: a stand-in for a malicious checkpoint."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_a_pickled_model_file_is_refused(tmp_path):
+    """transformers reads .bin weights with torch.load(weights_only=True): a crafted pickle does not run."""
+    import pickle
+
+    folder = save_tiny(tmp_path / "tiny")
+    (folder / "model.safetensors").unlink()
+    with open(folder / "pytorch_model.bin", "wb") as f:
+        pickle.dump({"model.embed_tokens.weight": Exploit()}, f)
+    with pytest.raises(ValueError, match=r"refused by the safe loader \(torch.load weights_only=True\)"):
+        load_model(folder)

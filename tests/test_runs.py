@@ -160,3 +160,23 @@ def test_comparison_table(run_dir):
 def test_load_run_needs_a_run_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
         load_run(tmp_path)
+
+
+def test_full_disk_or_unwritable_output_fails_before_training(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from scalabl import runs
+
+    model_dir = save_tiny_model(tmp_path / "tiny")
+    config = RunConfig(model=str(model_dir), max_train=4, max_test=2, train=TrainConfig(steps=2, batch_size=2))
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(runs.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(OSError, match=r"MB free on its disk, the run needs about"):
+        runs.train_run(config, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out" / "history.jsonl").exists()  # nothing trained
+    monkeypatch.setattr(runs.shutil, "disk_usage", shutil.disk_usage)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(OSError, match="is not writable"):
+        runs.train_run(config, blocker / "out", progress=False)

@@ -239,3 +239,12 @@ def test_letter_logits_match_next_token_logits(tokenizer, merged):
 def test_scorer_rejects_unknown_mode(tokenizer):
     with pytest.raises(ValueError, match="scoring"):
         Scorer(tokenizer, mode="generate")
+
+
+def test_truncation_can_be_refused(tokenizer):
+    long = Example("long", "word " * 40 + "end?", ("yes", "no way"), 0)
+    with pytest.raises(ValueError, match=r"long: prompt of \d+ tokens does not fit the model context of 24"):
+        Scorer(tokenizer, max_length=24, truncation="error").encode(long)
+    assert Scorer(tokenizer, max_length=200, truncation="error").encode(EXAMPLES[0])  # prompts that fit pass
+    with pytest.raises(ValueError, match="truncation"):
+        Scorer(tokenizer, truncation="right")

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from peft import set_peft_model_state_dict
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -38,6 +39,14 @@ ADAPTER_CONFIG_FILE = "adapter_config.json"
 PLAIN_LORA_METHODS = ("mle", "map", "temperature")  # adapters in plain peft LoRA format
 
 
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file; anything else (a pickle, a truncated file) is refused, unread."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{path}: not a valid safetensors file ({err}); scalabl never loads pickles") from err
+
+
 class BayesianLoRA:
     """A base model with a (Bayesian) LoRA adapter of the chosen method.
 
@@ -47,6 +56,8 @@ class BayesianLoRA:
         config: the method and adapter settings.
         scoring: ``"continuation"`` or ``"letter"`` (see :mod:`scalabl.scoring`).
         length_norm: continuation scoring by mean rather than summed token log-likelihood.
+        truncation: a prompt longer than the context is cut from the left with a warning
+            (``"left"``) or refused (``"error"``).
         seed: seeds the adapter initialisation.
     """
 
@@ -58,12 +69,13 @@ class BayesianLoRA:
         *,
         scoring: str = "continuation",
         length_norm: bool = False,
+        truncation: str = "left",
         seed: int = 0,
     ) -> None:
         self.config = config or MethodConfig()
         self.method = get_method(self.config)
         self.tokenizer = tokenizer
-        self.scorer = Scorer(tokenizer, scoring, length_norm=length_norm)
+        self.scorer = Scorer(tokenizer, scoring, length_norm=length_norm, truncation=truncation)
         torch.manual_seed(seed)
         self.model = self.method.wrap(model)
         self.model.eval()
@@ -209,6 +221,7 @@ class BayesianLoRA:
                 "method": self.config.to_dict(),
                 "scoring": self.scorer.mode,
                 "length_norm": self.scorer.length_norm,
+                "truncation": self.scorer.truncation,
                 "temperature": self.temperature,
                 "fitted": self.fitted,
                 **metadata,
@@ -234,7 +247,7 @@ class BayesianLoRA:
                 raise ValueError(
                     f"{folder}: {name} {getattr(source, name)!r} differs from this run's {getattr(self.config, name)!r}"
                 )
-        state = load_file(str(adapter_path))
+        state = read_safetensors(adapter_path)
         result = set_peft_model_state_dict(self.model, state)
         # The LoRA A/B weights must all arrive; a method's own buffers (tfb's beta) keep their init.
         missing = [k for k in result.missing_keys if "lora_" in k and k.endswith(".weight")]
@@ -257,8 +270,9 @@ class BayesianLoRA:
             MethodConfig.from_dict(meta["method"]),
             scoring=meta.get("scoring", "continuation"),
             length_norm=meta.get("length_norm", False),
+            truncation=meta.get("truncation", "left"),
         )
-        state = load_file(str(folder / ADAPTER_FILE))
+        state = read_safetensors(folder / ADAPTER_FILE)
         blora.method.load_adapter_state(blora.model, state, str(folder / ADAPTER_FILE))
         blora.temperature = meta.get("temperature")
         blora.fitted = meta.get("fitted", {})

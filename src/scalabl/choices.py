@@ -11,3 +11,4 @@ EMBEDDED_MODEL = "smollm2-135m-instruct"
 LAPLACE_SUBSETS = ("all", "last_layer")
 LAPLACE_HESSIANS = ("kron", "diag")
 LAPLACE_PREDICTIVES = ("mc", "glm")
+TRUNCATION_MODES = ("left", "error")  # a prompt too long for the context: cut its start (warn) or refuse

@@ -21,6 +21,7 @@ from scalabl.choices import (
     NOISE_MODES,
     RECIPES,
     SCORING_MODES,
+    TRUNCATION_MODES,
 )
 from scalabl.data import TASKS
 
@@ -34,11 +35,18 @@ OPTIONS: list[tuple[str, str, str, Any, str]] = [
         f"HF hub id, local folder or .gguf file (default: embedded {EMBEDDED_MODEL})",
     ),
     ("--dtype", "run", "dtype", str, "base weights dtype: float32, bfloat16, float16"),
-    ("--task", "run", "task", str, f"task: {', '.join(TASKS)}"),
+    ("--task", "run", "task", str, f"task: {', '.join(TASKS)}, or jsonl:PATH (your own questions)"),
     ("--split-seed", "run", "split_seed", int, "seed of the train/validation/test split"),
     ("--max-train", "run", "max_train", int, "use at most this many training examples"),
     ("--max-test", "run", "max_test", int, "evaluate on the first N test examples only"),
     ("--scoring", "run", "scoring", str, f"scoring mode: {', '.join(SCORING_MODES)}"),
+    (
+        "--truncation",
+        "run",
+        "truncation",
+        str,
+        f"prompt longer than the context: {', '.join(TRUNCATION_MODES)} (cut its start, or refuse)",
+    ),
     ("--max-validation", "run", "max_validation", int, "post-hoc fitting on the first N validation examples"),
     ("--eval-batch-size", "run", "eval_batch_size", int, "examples per evaluation batch"),
     (

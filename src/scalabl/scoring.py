@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from scalabl.choices import SCORING_MODES
+from scalabl.choices import SCORING_MODES, TRUNCATION_MODES
 from scalabl.data import Example
 from scalabl.methods.base import clear_noise, draw_noise, sampling, select_noise
 
@@ -71,9 +71,13 @@ class Scorer:
         *,
         length_norm: bool = False,
         max_length: int | None = None,
+        truncation: str = "left",
     ) -> None:
         if mode not in SCORING_MODES:
             raise ValueError(f"scoring: {mode!r} not in {SCORING_MODES}")
+        if truncation not in TRUNCATION_MODES:
+            raise ValueError(f"truncation: {truncation!r} not in {TRUNCATION_MODES}")
+        self.truncation = truncation
         self.tokenizer = tokenizer
         self.mode = mode
         self.length_norm = length_norm
@@ -120,6 +124,12 @@ class Scorer:
             raise ValueError(
                 f"example {example.id}: its longest choice ({longest} tokens) leaves no room for the prompt "
                 f"in the model context of {self.max_length} tokens"
+            )
+        if len(prompt) > budget and self.truncation == "error":
+            raise ValueError(
+                f"example {example.id}: prompt of {len(prompt)} tokens does not fit the model context of "
+                f"{self.max_length} tokens with its longest choice ({longest}); "
+                "shorten it or allow truncation='left' (drops the prompt's start)"
             )
         if len(prompt) > budget:
             log.warning(

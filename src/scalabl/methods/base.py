@@ -298,13 +298,22 @@ class Method(ABC):
     def add_lora(self, model: nn.Module, adapter_name: str = "default") -> PeftModel:
         """peft's ``get_peft_model`` with this method's LoRA config; names the field when nothing matches."""
         try:
-            return get_peft_model(model, self.lora_config(), adapter_name=adapter_name)
+            peft_model = get_peft_model(model, self.lora_config(), adapter_name=adapter_name)
         except ValueError as err:
             if "not found in the base model" in str(err):
                 raise ValueError(
                     f"target_modules: {list(self.config.target_modules)} matched no module of the model"
                 ) from err
             raise
+        for name, layer in lora_layers(peft_model):
+            # A rank above min(in, out) adds parameters but no expressiveness (and breaks the SVD inits).
+            limit = min(layer.in_features, layer.out_features)
+            if self.config.rank > limit:
+                raise ValueError(
+                    f"rank: {self.config.rank} exceeds min(in, out) = {limit} of {name} "
+                    f"({layer.in_features} -> {layer.out_features}); use rank <= {limit}"
+                )
+        return peft_model
 
     def specialise(self, model: PeftModel) -> None:  # noqa: B027 - optional hook
         """Turn the plain LoRA layers into this method's layers (nothing for plain LoRA)."""
