@@ -180,3 +180,23 @@ def test_full_disk_or_unwritable_output_fails_before_training(tmp_path, monkeypa
     blocker.write_text("x")
     with pytest.raises(OSError, match="is not writable"):
         runs.train_run(config, blocker / "out", progress=False)
+
+
+def test_same_config_and_seed_give_identical_metrics(tmp_path):
+    model_dir = save_tiny_model(tmp_path / "tiny")
+    config = RunConfig(
+        model=str(model_dir),
+        max_train=6,
+        max_test=4,
+        n_samples=(2, 0),
+        method=MethodConfig(method="scalabl", rank=2),
+        train=TrainConfig(steps=3, batch_size=2),
+    )
+    first = train_run(config, tmp_path / "a", progress=False)
+    second = train_run(config, tmp_path / "b", progress=False)
+    for key in first["eval"]:
+        a = {k: v for k, v in first["eval"][key].items() if k != "seconds"}
+        b = {k: v for k, v in second["eval"][key].items() if k != "seconds"}
+        assert a == b
+    la, lb = (load_file(str(tmp_path / d / "predictions.safetensors")) for d in ("a", "b"))
+    assert all(torch.equal(la[k], lb[k]) for k in la)

@@ -164,7 +164,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     config = _run_config(args)
     out = args.out or Path("runs") / f"{config.method.method}-{config.task}-{time.strftime('%Y%m%d-%H%M%S')}"
-    metrics = train_run(config, out, progress=not args.quiet)
+    try:
+        metrics = train_run(config, out, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; continue from the last checkpoint with: scalabl train --resume {out}", file=sys.stderr)
+        return 130
     print(comparison_table({config.method.method: metrics}))
     print(f"\nrun folder: {out}  (report.md, metrics.json, adapter.safetensors, reliability.png)")
     return 0
@@ -290,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, OSError) as err:
+    except (ValueError, OSError, ImportError) as err:  # bad input, files, a missing data package
         print(f"error: {err}", file=sys.stderr)
         return 2
 
