@@ -1,0 +1,43 @@
+"""Atomic writes: a failure inside the block leaves the previous file (or folder) whole and no temp behind."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from scalabl.io import atomic_dir, atomic_path, write_json, write_text
+
+
+class Boom(Exception):
+    pass
+
+
+def test_atomic_path_keeps_the_old_file_when_the_write_fails(tmp_path):
+    target = tmp_path / "metrics.json"
+    write_json(target, {"old": 1})
+    with pytest.raises(Boom), atomic_path(target) as tmp:
+        tmp.write_text('{"new": ')  # half a file
+        raise Boom
+    assert json.loads(target.read_text()) == {"old": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_atomic_path_replaces_on_success_with_normal_permissions(tmp_path):
+    target = tmp_path / "sub" / "report.md"
+    write_text(target, "first")
+    write_text(target, "second")
+    assert target.read_text() == "second"
+    assert target.stat().st_mode & 0o044  # readable by others, not mkstemp's 0600
+    assert sorted(p.name for p in target.parent.iterdir()) == ["report.md"]
+
+
+def test_atomic_dir_keeps_the_old_folder_when_the_write_fails(tmp_path):
+    target = tmp_path / "cache"
+    with atomic_dir(target) as tmp:
+        (tmp / "a").write_text("1")
+    with pytest.raises(Boom), atomic_dir(target) as tmp:
+        (tmp / "b").write_text("2")
+        raise Boom
+    assert [p.name for p in target.iterdir()] == ["a"]
+    assert [p.name for p in tmp_path.iterdir()] == ["cache"]
