@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-METHOD_NAMES = ("mle", "scalabl", "map", "mcdropout", "ensemble", "blob", "tfb", "temperature")  # registry order; tests check it matches scalabl.methods.METHODS
+METHOD_NAMES = ("mle", "scalabl", "map", "mcdropout", "ensemble", "blob", "tfb", "laplace", "temperature")  # registry order; tests check it matches scalabl.methods.METHODS
 NOISE_MODES = ("sequence", "shared")
 KL_DIRECTIONS = ("correct", "reference")
 SCORING_MODES = ("continuation", "letter")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from scalabl.methods.base import Method, MethodConfig
 from scalabl.methods.blob import BLoB
 from scalabl.methods.ensemble import Ensemble
+from scalabl.methods.laplace import LaplaceLoRA
 from scalabl.methods.map import MAP
 from scalabl.methods.mcdropout import MCDropout
 from scalabl.methods.mle import MLE
@@ -13,7 +14,7 @@ from scalabl.methods.temperature import Temperature
 from scalabl.methods.tfb import TFB
 
 METHODS: dict[str, type[Method]] = {
-    m.name: m for m in (MLE, ScalaBL, MAP, MCDropout, Ensemble, BLoB, TFB, Temperature)
+    m.name: m for m in (MLE, ScalaBL, MAP, MCDropout, Ensemble, BLoB, TFB, LaplaceLoRA, Temperature)
 }
 
 
