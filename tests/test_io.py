@@ -41,3 +41,13 @@ def test_atomic_dir_keeps_the_old_folder_when_the_write_fails(tmp_path):
         raise Boom
     assert [p.name for p in target.iterdir()] == ["a"]
     assert [p.name for p in tmp_path.iterdir()] == ["cache"]
+
+
+def test_files_rewritten_by_their_writer_get_normal_permissions(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    target = tmp_path / "adapter.safetensors"
+    with atomic_path(target) as tmp:
+        save_file({"w": torch.zeros(2)}, str(tmp))
+    assert target.stat().st_mode & 0o044
