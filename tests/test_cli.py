@@ -12,9 +12,9 @@ from safetensors.torch import load_file
 
 from scalabl import cli
 from scalabl.cli import build_parser, main
-from scalabl.data import TASKS
 from scalabl.methods import METHODS
 from scalabl.runs import RUN_FILES
+from scalabl.tasks import TASK_NAMES as TASKS
 
 
 def run(argv: list[str]) -> int:

@@ -7,8 +7,6 @@ import json
 import pytest
 
 from scalabl.data import (
-    DEFAULT_SPLIT_SIZES,
-    TASKS,
     Example,
     Splits,
     load_examples,
@@ -16,7 +14,9 @@ from scalabl.data import (
     load_splits,
     split_examples,
 )
+from scalabl.tasks import get_task
 
+TASKS = ("arc_easy", "arc_challenge")
 EXPECTED_SIZES = {"arc_easy": 2946, "arc_challenge": 1471}
 
 
@@ -73,9 +73,11 @@ def test_load_examples_returns_fresh_list(pools):
 
 def test_unknown_task():
     with pytest.raises(ValueError, match="arc_easy, arc_challenge"):
-        load_examples("boolq")
+        load_examples("nope")
     with pytest.raises(ValueError, match="unknown task"):
-        load_splits("boolq")
+        load_splits("nope")
+    with pytest.raises(ValueError, match="source"):
+        load_splits("arc_easy", source="cloud")
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -113,7 +115,7 @@ def test_split_sizes_too_big(pools):
 @pytest.mark.parametrize("task", TASKS)
 def test_load_splits_defaults(task):
     s = load_splits(task)
-    d = DEFAULT_SPLIT_SIZES[task]
+    d = get_task(task).split_sizes(EXPECTED_SIZES[task])
     assert isinstance(s, Splits)
     assert s.summary() == {
         "train": EXPECTED_SIZES[task] - d["n_test"] - d["n_validation"],

@@ -10,5 +10,5 @@ RECIPES = ("elbo", "blob")
 EMBEDDED_MODEL = "smollm2-135m-instruct"
 LAPLACE_SUBSETS = ("all", "last_layer")
 LAPLACE_HESSIANS = ("kron", "diag")
-LAPLACE_PREDICTIVES = ("mc", "glm")
+LAPLACE_PREDICTIVES = ("glm", "mc")
 TRUNCATION_MODES = ("left", "error")  # a prompt too long for the context: cut its start (warn) or refuse

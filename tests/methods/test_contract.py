@@ -92,6 +92,9 @@ def test_samples_differ_only_for_stochastic_methods(fitted):
     _, samples = blora.predict_log_proba(TEST, n_samples=3, seed=0, return_samples=True)
     if name == "ensemble":
         assert samples.shape[0] == K and not torch.equal(samples[0], samples[1])
+    elif name == "laplace":  # the GLM predictive: one averaged distribution, not the MAP's
+        assert samples.shape[0] == 1
+        assert not torch.allclose(samples[0], blora.predict_log_proba(TEST, n_samples=0))
     elif blora.method.bayesian:
         assert samples.shape[0] == 3 and not torch.equal(samples[0], samples[1])
     else:

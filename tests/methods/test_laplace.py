@@ -55,7 +55,7 @@ def test_diag_curvature_is_rescaled_to_the_full_training_set():
 
 
 def test_last_layer_covers_only_the_last_adapted_layer():
-    full, last = fitted(), fitted(laplace_subset="last_layer")
+    full, last = fitted(), fitted(laplace_subset="last_layer", laplace_predictive="mc")
     names = [n for n, _ in last.method.posterior_parameters(last.model)]
     assert names and all(".layers.1." in n for n in names)
     assert last.fitted["posterior_parameters"] < full.fitted["posterior_parameters"]
@@ -64,8 +64,8 @@ def test_last_layer_covers_only_the_last_adapted_layer():
     assert torch.allclose(p.sum(-1), torch.ones(len(TEST), dtype=torch.float64))
 
 
-def test_zero_samples_is_the_map_and_sampling_restores_it():
-    blora = fitted()
+def test_zero_samples_is_the_map_and_mc_sampling_restores_it():
+    blora = fitted(laplace_predictive="mc")
     before = lora_state(blora)
     map_pred = blora.predict_log_proba(TEST, n_samples=0)
     a = blora.predict_log_proba(TEST, n_samples=3, seed=1)
@@ -78,8 +78,9 @@ def test_zero_samples_is_the_map_and_sampling_restores_it():
     assert all(p.requires_grad for n, p in blora.model.named_parameters() if "lora_" in n)
 
 
-def test_glm_predictive_sums_to_one_and_survives_save_load(tmp_path):
-    blora = fitted(laplace_predictive="glm")
+def test_glm_is_the_default_predictive_sums_to_one_and_survives_save_load(tmp_path):
+    blora = fitted()
+    assert blora.config.laplace_predictive == "glm"
     lp = blora.predict_log_proba(TEST, n_samples=4)
     p = lp.exp()
     assert torch.allclose(p.sum(-1), torch.ones(len(TEST), dtype=torch.float64))
@@ -92,7 +93,7 @@ def test_glm_predictive_sums_to_one_and_survives_save_load(tmp_path):
 
 
 def test_diag_save_load_and_sampling_before_calibrate(tmp_path):
-    blora = fitted(laplace_hessian="diag")
+    blora = fitted(laplace_hessian="diag", laplace_predictive="mc")
     blora.save(tmp_path)
     loaded = BayesianLoRA.load(tmp_path, make_tiny_llama(), make_byte_tokenizer())
     assert torch.equal(loaded.predict_log_proba(TEST, n_samples=3, seed=4), blora.predict_log_proba(TEST, n_samples=3, seed=4))

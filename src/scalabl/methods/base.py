@@ -77,7 +77,7 @@ class MethodConfig:
         default="all", metadata={"help": "laplace: 'all' LoRA weights or the 'last_layer' adapters"}
     )
     laplace_hessian: str = field(default="kron", metadata={"help": "laplace: 'kron' or 'diag' Hessian"})
-    laplace_predictive: str = field(default="mc", metadata={"help": "laplace: 'glm' or 'mc' predictive"})
+    laplace_predictive: str = field(default="glm", metadata={"help": "laplace: 'glm' or 'mc' predictive"})
     laplace_max_train: int = field(
         default=256, metadata={"help": "laplace: training examples the Hessian is estimated on"}
     )
