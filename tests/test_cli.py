@@ -345,3 +345,23 @@ def test_post_hoc_methods_start_from_an_mle_run(model_dir, tmp_path, monkeypatch
     argv[argv.index("--rank") + 1] = "4"
     assert run(argv) == 2
     assert "rank" in capsys.readouterr().err
+
+
+def test_evaluate_with_shifted_tasks(cli_run, capsys):
+    if cli_run["method"] != "scalabl":
+        pytest.skip("one method is enough")
+    out = cli_run["out"]
+    assert run(["evaluate", str(out), "--n-samples", "2", "--max-test", "5", "--ood", "arc_c,mmlu_chemistry", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "Distribution shift" in printed and "AUROC (entropy)" in printed
+    m = json.loads((out / "metrics.json").read_text())
+    assert set(m["ood"]) == {"arc_c", "mmlu_chemistry"}
+    for task in m["ood"]:
+        r = m["ood"][task]["S=2"]
+        assert 0.0 <= r["auroc_max_prob"] <= 1.0 and 0.0 <= r["auroc_entropy"] <= 1.0
+        assert {"acc", "ece", "nll", "aurc", "acc_cov80"} <= set(r)
+    preds = load_file(str(out / "predictions.safetensors"))
+    assert preds["ood.arc_c.log_probs_S2"].shape[0] == 5
+    report = (out / "report.md").read_text()
+    assert "Selective prediction" in report and "Distribution shift" in report
+    assert (out / "selective.png").stat().st_size > 1000

@@ -212,7 +212,7 @@ def test_compute_metrics_matches_parts():
     probs, labels = random_probs(seed=3)
     log_probs = probs.log()
     m = compute_metrics(log_probs, labels, n_bins=10)
-    assert set(m) == {"acc", "ece", "nll", "brier"}
+    assert set(m) == {"acc", "ece", "nll", "brier", "aurc", "acc_cov50", "acc_cov80", "acc_cov90"}
     assert all(isinstance(v, float) for v in m.values())
     p, lab = probs.numpy(), labels.numpy()
     assert m["acc"] == pytest.approx(np.mean(p.argmax(1) == lab), abs=1e-12)
@@ -277,3 +277,64 @@ def test_mutual_information_against_numpy_loop():
     assert mutual_information(torch.tensor(np.log(p[:1]))) == 0.0
     with pytest.raises(ValueError, match="S, N, C"):
         mutual_information(torch.zeros(3, 4))
+
+
+# ---- selective prediction and OOD detection (hand-computed small cases) ---------------------------------
+from scalabl.metrics import (  # noqa: E402
+    aurc,
+    auroc,
+    ood_auroc,
+    predictive_entropy,
+    risk_coverage,
+    selective_accuracy,
+)
+
+# confidences .9 (right), .8 (wrong), .7 (right), .6 (wrong)
+SEL_PROBS = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.4, 0.6]], dtype=torch.float64)
+SEL_LABELS = torch.tensor([0, 0, 0, 0])
+
+
+def test_risk_coverage_and_aurc_by_hand():
+    coverage, risk = risk_coverage(SEL_PROBS, SEL_LABELS)
+    assert coverage.tolist() == [0.25, 0.5, 0.75, 1.0]
+    # errors among the k most confident: 0/1, 1/2, 1/3, 2/4
+    assert np.allclose(risk, [0.0, 0.5, 1 / 3, 0.5])
+    assert aurc(SEL_PROBS, SEL_LABELS) == pytest.approx((0 + 0.5 + 1 / 3 + 0.5) / 4)
+
+
+def test_selective_accuracy_by_hand():
+    assert selective_accuracy(SEL_PROBS, SEL_LABELS, 0.25) == 1.0
+    assert selective_accuracy(SEL_PROBS, SEL_LABELS, 0.5) == 0.5
+    assert selective_accuracy(SEL_PROBS, SEL_LABELS, 0.8) == 0.5  # ceil(3.2) = 4 answers: 2 right
+    assert selective_accuracy(SEL_PROBS, SEL_LABELS, 0.75) == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="coverage"):
+        selective_accuracy(SEL_PROBS, SEL_LABELS, 0.0)
+
+
+def test_auroc_against_pairwise_enumeration():
+    rng = np.random.default_rng(0)
+    pos = rng.integers(0, 5, size=17).astype(float)  # many ties
+    neg = rng.integers(0, 5, size=11).astype(float)
+    pairs = [(1.0 if p > n else 0.5 if p == n else 0.0) for p in pos for n in neg]
+    assert auroc(pos, neg) == pytest.approx(sum(pairs) / len(pairs))
+    assert auroc([3.0, 4.0], [1.0, 2.0]) == 1.0 and auroc([1.0], [1.0]) == 0.5
+    with pytest.raises(ValueError, match="at least one"):
+        auroc([], [1.0])
+
+
+def test_ood_auroc_by_max_prob_and_entropy():
+    confident = torch.tensor([[0.9, 0.05, 0.05], [0.8, 0.1, 0.1]], dtype=torch.float64)
+    unsure = torch.tensor([[0.4, 0.3, 0.3], [0.34, 0.33, 0.33]], dtype=torch.float64)
+    assert ood_auroc(confident, unsure, "max_prob") == 1.0
+    assert ood_auroc(confident, unsure, "entropy") == 1.0
+    assert ood_auroc(unsure, confident, "entropy") == 0.0
+    h = predictive_entropy(torch.tensor([[0.5, 0.5, 0.0]], dtype=torch.float64))
+    assert h.item() == pytest.approx(math.log(2))
+    with pytest.raises(ValueError, match="score"):
+        ood_auroc(confident, unsure, "margin")
+
+
+def test_compute_metrics_reports_selective_figures():
+    m = compute_metrics(SEL_PROBS.log(), SEL_LABELS)
+    assert m["aurc"] == pytest.approx(aurc(SEL_PROBS, SEL_LABELS))
+    assert m["acc_cov50"] == 0.5 and m["acc_cov80"] == 0.5 and m["acc_cov90"] == 0.5

@@ -102,6 +102,14 @@ def _int_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _name_list(text: str) -> tuple[str, ...]:
+    """'arc_c, arc_e' -> ('arc_c', 'arc_e'), for argparse."""
+    names = tuple(s.strip() for s in text.split(",") if s.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("expected comma-separated task names")
+    return names
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     for flag, _, dest, typ, help_ in OPTIONS:
         p.add_argument(flag, dest=dest, type=typ, default=None, help=help_)
@@ -122,6 +130,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         help="comma-separated posterior sample counts (default 10,0)",
     )
     p.add_argument("--config", type=Path, default=None, help="JSON run config; flags override its fields")
+    p.add_argument(
+        "--ood", type=_name_list, default=None, help="shifted tasks to evaluate too, e.g. arc_c,arc_e,mmlu_chemistry"
+    )
 
 
 def _run_config(args: argparse.Namespace, base: Any = None):
@@ -146,6 +157,8 @@ def _run_config(args: argparse.Namespace, base: Any = None):
         picked["method"]["temperature"] = True
     if args.n_samples:
         picked["run"]["n_samples"] = args.n_samples
+    if args.ood:
+        picked["run"]["ood"] = args.ood
     method = replace(base.method, **picked["method"])
     train = replace(base.train, **picked["train"])
     return replace(base, **picked["run"], method=method, train=train)
@@ -176,12 +189,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from scalabl.runs import comparison_table, evaluate_run
+    from scalabl.runs import comparison_table, evaluate_run, ood_section
 
     metrics = evaluate_run(
-        args.run_dir, n_samples=args.n_samples, max_test=args.max_test, progress=not args.quiet
+        args.run_dir, n_samples=args.n_samples, max_test=args.max_test, ood=args.ood, progress=not args.quiet
     )
     print(comparison_table({metrics["method"]: metrics}))
+    print("\n".join(ood_section({metrics["method"]: metrics})))
     return 0
 
 
@@ -250,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--n-samples", type=_int_list, default=None, help="comma-separated posterior sample counts, e.g. 10,0"
     )
     p.add_argument("--max-test", type=int, default=None, help="evaluate on the first N test examples only")
+    p.add_argument(
+        "--ood", type=_name_list, default=None, help="shifted tasks to evaluate too, e.g. arc_c,arc_e,mmlu_chemistry"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)
 

@@ -21,6 +21,12 @@ import torch
 
 __all__ = [
     "accuracy",
+    "aurc",
+    "auroc",
+    "ood_auroc",
+    "predictive_entropy",
+    "risk_coverage",
+    "selective_accuracy",
     "brier_score",
     "compute_metrics",
     "expected_calibration_error",
@@ -168,7 +174,87 @@ def compute_metrics(log_probs: torch.Tensor, labels: torch.Tensor, n_bins: int =
         "ece": expected_calibration_error(probs, labels, n_bins),
         "nll": negative_log_likelihood(log_probs, labels),
         "brier": brier_score(probs, labels),
+        "aurc": aurc(probs, labels),
+        **{f"acc_cov{round(100 * c)}": selective_accuracy(probs, labels, c) for c in COVERAGES},
     }
+
+
+# ---- selective prediction and OOD detection -----------------------------------------------------------
+COVERAGES = (0.5, 0.8, 0.9)
+
+
+def _by_confidence(probs: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
+    """Correctness (0/1) sorted from the most to the least confident prediction (stable for ties)."""
+    conf, correct = _confidence_and_correct(probs, labels)
+    order = np.argsort(-conf.numpy(), kind="stable")
+    return correct.numpy()[order].astype(np.float64)
+
+
+def risk_coverage(probs: torch.Tensor, labels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """The risk-coverage curve: keep the k most confident answers, k = 1..N; returns (coverage, risk).
+
+    ``coverage_k = k / N``; ``risk_k`` = the error rate among those k (Geifman & El-Yaniv, 2017).
+    """
+    probs, labels = _validate(probs, labels, log=False)
+    correct = _by_confidence(probs, labels)
+    k = np.arange(1, len(correct) + 1)
+    return k / len(correct), 1.0 - np.cumsum(correct) / k
+
+
+def aurc(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    """Area under the risk-coverage curve: the mean of ``risk_k`` over k = 1..N (lower is better)."""
+    return float(risk_coverage(probs, labels)[1].mean())
+
+
+def selective_accuracy(probs: torch.Tensor, labels: torch.Tensor, coverage: float) -> float:
+    """Accuracy on the ``ceil(coverage N)`` most confident answers (ties kept in input order)."""
+    if not 0.0 < coverage <= 1.0:
+        raise ValueError(f"coverage: must be in (0, 1], got {coverage}")
+    probs, labels = _validate(probs, labels, log=False)
+    correct = _by_confidence(probs, labels)
+    k = max(1, math.ceil(coverage * len(correct) - 1e-9))
+    return float(correct[:k].mean())
+
+
+def predictive_entropy(probs: torch.Tensor) -> torch.Tensor:
+    """``H(p) = -sum_c p_c log p_c`` per row, in nats (absent choices with p = 0 contribute 0)."""
+    p = probs.to(torch.float64)
+    return -(p * torch.log(p).nan_to_num(neginf=0.0)).sum(-1)
+
+
+def auroc(positive: torch.Tensor | np.ndarray, negative: torch.Tensor | np.ndarray) -> float:
+    """P(score of a random positive > score of a random negative), ties counting 1/2 (Mann-Whitney U)."""
+    pos = np.asarray(positive, dtype=np.float64).ravel()
+    neg = np.asarray(negative, dtype=np.float64).ravel()
+    if pos.size == 0 or neg.size == 0:
+        raise ValueError("auroc needs at least one positive and one negative score")
+    both = np.concatenate([pos, neg])
+    # midranks handle ties exactly
+    order = np.argsort(both, kind="mergesort")
+    ranks = np.empty(both.size, dtype=np.float64)
+    sorted_vals = both[order]
+    i = 0
+    while i < both.size:
+        j = i
+        while j + 1 < both.size and sorted_vals[j + 1] == sorted_vals[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    u = ranks[: pos.size].sum() - pos.size * (pos.size + 1) / 2.0
+    return float(u / (pos.size * neg.size))
+
+
+def ood_auroc(in_probs: torch.Tensor, out_probs: torch.Tensor, score: str = "max_prob") -> float:
+    """AUROC of telling in-distribution (positive) from out-of-distribution inputs by their predictive.
+
+    ``score="max_prob"``: higher max probability = more in-distribution; ``"entropy"``: lower
+    predictive entropy = more in-distribution. 0.5 = no better than chance.
+    """
+    if score == "max_prob":
+        return auroc(in_probs.max(-1).values, out_probs.max(-1).values)
+    if score == "entropy":
+        return auroc(-predictive_entropy(in_probs), -predictive_entropy(out_probs))
+    raise ValueError(f"score: {score!r} not in ('max_prob', 'entropy')")
 
 
 def mutual_information(sample_log_probs: torch.Tensor) -> float:

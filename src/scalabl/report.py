@@ -16,7 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from scalabl.io import atomic_path
-from scalabl.metrics import expected_calibration_error, reliability_bins
+from scalabl.metrics import expected_calibration_error, reliability_bins, risk_coverage
 
 __all__ = ["markdown_table", "plot_reliability", "plot_training_curves"]
 
@@ -119,6 +119,33 @@ def plot_reliability(
             hist.set_ylabel("count")
     if title:
         fig.suptitle(title)
+    _save_png(fig, path)
+
+
+def plot_risk_coverage(
+    curves: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+    path: str | os.PathLike,
+    title: str | None = None,
+) -> None:
+    """Save a PNG of risk (error rate) against coverage when only the most confident answers are kept.
+
+    ``curves`` maps a name to ``(probs [N, C], labels [N])``; the legend gives each curve's AURC.
+    """
+    if not curves:
+        raise ValueError("plot_risk_coverage needs at least one curve")
+    fig = Figure(figsize=(5.2, 4.0), layout="constrained")
+    ax = fig.subplots()
+    for name, (probs, labels) in curves.items():
+        coverage, risk = risk_coverage(probs, labels)
+        ax.plot(coverage, risk, label=f"{name} (AURC {risk.mean():.3f})")
+    ax.set_xlabel("coverage (fraction of answers kept, most confident first)")
+    ax.set_ylabel("risk (error rate among kept)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
     _save_png(fig, path)
 
 

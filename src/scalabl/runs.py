@@ -31,9 +31,9 @@ from scalabl.config import check_fields
 from scalabl.data import JSONL_PREFIX, SOURCES, Splits, load_splits
 from scalabl.io import atomic_path, write_json, write_text
 from scalabl.methods import MethodConfig
-from scalabl.metrics import compute_metrics, mutual_information
+from scalabl.metrics import compute_metrics, mutual_information, ood_auroc
 from scalabl.models import EMBEDDED_MODEL, load_model, parse_dtype
-from scalabl.report import markdown_table, plot_reliability, plot_training_curves
+from scalabl.report import markdown_table, plot_reliability, plot_risk_coverage, plot_training_curves
 from scalabl.scoring import SCORING_MODES
 from scalabl.tasks import MMLU_PREFIX, TASK_NAMES
 from scalabl.train import TrainConfig
@@ -48,6 +48,7 @@ RUN_FILES = (
     "predictions.safetensors",
     "report.md",
     "reliability.png",
+    "selective.png",
     "training.png",
 )
 
@@ -71,6 +72,7 @@ class RunConfig:
     truncation: str = "left"  # prompts longer than the context: "left" (cut, warn) or "error"
     n_samples: tuple[int, ...] = (10, 0)
     eval_batch_size: int = 8
+    ood: tuple[str, ...] = ()  # shifted tasks evaluated beside the test split (OOD protocol)
     from_run: str | None = None  # start from this run's plain-LoRA adapter and skip training (post hoc)
     method: MethodConfig = field(default_factory=MethodConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -84,6 +86,10 @@ class RunConfig:
         if self.source not in SOURCES:
             raise ValueError(f"source: {self.source!r} not in {SOURCES}")
         self.n_samples = tuple(int(s) for s in self.n_samples)
+        self.ood = tuple(self.ood)
+        for task in self.ood:
+            if task not in TASK_NAMES and not task.startswith((JSONL_PREFIX, MMLU_PREFIX)):
+                raise ValueError(f"ood: unknown task {task!r}; allowed: {', '.join(TASK_NAMES)}, mmlu:..., jsonl:PATH")
         if self.scoring not in SCORING_MODES:
             raise ValueError(f"scoring: {self.scoring!r} not in {SCORING_MODES}")
         if self.truncation not in TRUNCATION_MODES:
@@ -102,6 +108,7 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["n_samples"] = list(self.n_samples)
+        d["ood"] = list(self.ood)
         d["method"] = self.method.to_dict()
         d["train"] = self.train.to_dict()
         return d
@@ -149,38 +156,70 @@ def _check_free_space(out: Path, blora: BayesianLoRA) -> None:
         )
 
 
+def _predict(blora: BayesianLoRA, examples, s: int, config: RunConfig, progress: bool):
+    return blora.predict_log_proba(
+        examples,
+        s,
+        batch_size=config.eval_batch_size,
+        seed=config.train.seed,
+        progress=progress,
+        return_samples=True,
+        batch_samples=True,  # S copies per forward: ~5% faster on CPU, same distribution
+    )
+
+
 def evaluate_model(
     blora: BayesianLoRA, config: RunConfig, out: Path, *, progress: bool = True
 ) -> dict[str, Any]:
-    """Evaluate on the test split for every S in ``config.n_samples``; writes predictions."""
+    """Evaluate on the test split for every S in ``config.n_samples`` (and on ``config.ood`` tasks);
+    writes ``predictions.safetensors``.
+
+    Each shifted task's test split gets the same metrics, plus the AUROC of telling the
+    in-distribution test questions (positive) from its questions by max probability and by
+    predictive entropy.
+    """
     test = config.splits().test
     if config.max_test:
         test = test[: config.max_test]
     labels = torch.tensor([e.label for e in test])
     results: dict[str, Any] = {}
     tensors: dict[str, torch.Tensor] = {"labels": labels}
-    for s in blora.method.sample_counts(config.n_samples):
+    in_probs: dict[int, torch.Tensor] = {}
+    counts = blora.method.sample_counts(config.n_samples)
+    for s in counts:
         t0 = time.perf_counter()
-        log_probs, samples = blora.predict_log_proba(
-            test,
-            s,
-            batch_size=config.eval_batch_size,
-            seed=config.train.seed,
-            progress=progress,
-            return_samples=True,
-            batch_samples=True,  # S copies per forward: ~5% faster on CPU, same distribution
-        )
-        seconds = time.perf_counter() - t0
+        log_probs, samples = _predict(blora, test, s, config, progress)
         results[f"S={s}"] = {
             **compute_metrics(log_probs, labels),
             "mi": mutual_information(samples),  # how much the S samples disagree (0 for S <= 1)
-            "seconds": seconds,
+            "seconds": time.perf_counter() - t0,
             "n_samples": s,
         }
         tensors[f"log_probs_S{s}"] = log_probs
+        in_probs[s] = log_probs.exp()
+    ood: dict[str, Any] = {}
+    for task in config.ood:
+        shifted = load_splits(task, seed=config.split_seed, source=config.source).test
+        shifted = shifted[: config.max_test] if config.max_test else shifted
+        shifted_labels = torch.tensor([e.label for e in shifted])
+        tensors[f"ood.{task}.labels"] = shifted_labels
+        ood[task] = {"n_test": len(shifted)}
+        for s in counts:
+            t0 = time.perf_counter()
+            log_probs, samples = _predict(blora, shifted, s, config, progress)
+            probs = log_probs.exp()
+            ood[task][f"S={s}"] = {
+                **compute_metrics(log_probs, shifted_labels),
+                "mi": mutual_information(samples),
+                "auroc_max_prob": ood_auroc(in_probs[s], probs, "max_prob"),
+                "auroc_entropy": ood_auroc(in_probs[s], probs, "entropy"),
+                "seconds": time.perf_counter() - t0,
+                "n_samples": s,
+            }
+            tensors[f"ood.{task}.log_probs_S{s}"] = log_probs
     with atomic_path(out / "predictions.safetensors") as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-    return {"n_test": len(test), "eval": results}
+    return {"n_test": len(test), "eval": results, "ood": ood}
 
 
 def _run_facts(config: RunConfig, blora: BayesianLoRA, n_train: int) -> dict[str, Any]:
@@ -299,12 +338,13 @@ def evaluate_run(
     *,
     n_samples: tuple[int, ...] | None = None,
     max_test: int | None = None,
+    ood: tuple[str, ...] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Re-evaluate a run folder's adapter; rewrites metrics.json (keeping training figures) and the report."""
     run_dir = Path(run_dir)
     config, blora = load_run(run_dir)
-    changes = {k: v for k, v in (("n_samples", n_samples), ("max_test", max_test)) if v}
+    changes = {k: v for k, v in (("n_samples", n_samples), ("max_test", max_test), ("ood", ood)) if v}
     config = replace(config, **changes)
     path = run_dir / "metrics.json"
     metrics = json.loads(path.read_text()) if path.is_file() else {}
@@ -337,6 +377,7 @@ def _metric_rows(metrics_by_name: dict[str, dict[str, Any]]) -> list[dict[str, A
     return rows
 
 
+SELECTIVE = ["aurc", "acc_cov50", "acc_cov80", "acc_cov90"]
 COLUMNS = ["model", "S", "acc", "ece", "nll", "brier", "mi", "extra", "train_s", "eval_s"]
 HEADERS = {
     "model": "method",
@@ -360,6 +401,45 @@ FORMATS = {
     "train_s": "{:.0f}",
     "eval_s": "{:.0f}",
 }
+
+
+def selective_table(metrics_by_name: dict[str, dict[str, Any]]) -> str:
+    """Markdown table of AURC and accuracy at 50/80/90% coverage, per method x S."""
+    rows = [
+        {"model": name, "S": key.split("=")[1], **{k: r.get(k, float("nan")) for k in SELECTIVE}}
+        for name, m in metrics_by_name.items()
+        for key, r in m["eval"].items()
+    ]
+    headers = {"model": "method", "S": "S", "aurc": "AURC", **{k: f"ACC@{k[7:]}%" for k in SELECTIVE[1:]}}
+    return markdown_table(rows, ["model", "S", *SELECTIVE], headers, dict.fromkeys(SELECTIVE, "{:.3f}"))
+
+
+def ood_section(metrics_by_name: dict[str, dict[str, Any]]) -> list[str]:
+    """Report lines for the shifted tasks (empty when there are none)."""
+    rows = [
+        {"model": name, "task": task, "S": key.split("=")[1], **r}
+        for name, m in metrics_by_name.items()
+        for task, per_s in m.get("ood", {}).items()
+        for key, r in per_s.items()
+        if key.startswith("S=")
+    ]
+    if not rows:
+        return []
+    cols = ["model", "task", "S", "acc", "ece", "nll", "auroc_max_prob", "auroc_entropy"]
+    headers = {"model": "method", "task": "shifted task", "acc": "ACC", "ece": "ECE (%)", "nll": "NLL",
+               "auroc_max_prob": "AUROC (max prob)", "auroc_entropy": "AUROC (entropy)"}  # fmt: skip
+    for r in rows:
+        r["ece"] = 100 * r["ece"]
+    fmt = {"acc": "{:.3f}", "ece": "{:.1f}", "nll": "{:.3f}", "auroc_max_prob": "{:.3f}", "auroc_entropy": "{:.3f}"}
+    return [
+        "## Distribution shift",
+        "",
+        "Metrics on the shifted tasks' test splits, and the AUROC of telling this task's test questions "
+        "(in-distribution) from the shifted ones by max probability and by predictive entropy (0.5 = chance).",
+        "",
+        markdown_table(rows, cols, headers, fmt),
+        "",
+    ]
 
 
 def comparison_table(metrics_by_name: dict[str, dict[str, Any]]) -> str:
@@ -403,6 +483,11 @@ def write_run_report(run_dir: str | Path) -> None:
         run_dir / "reliability.png",
         title=f"{name} on {m['task']} (test, n={m['n_test']})",
     )
+    plot_risk_coverage(
+        {f"{name} {k}": load_predictions(run_dir, k.replace("=", "")) for k in keys},
+        run_dir / "selective.png",
+        title=f"selective prediction, {m['task']} test",
+    )
     history = load_history(run_dir)
     if history:
         plot_keys = ("nll", "sigma_over_mu") if any("sigma" in h for h in history) else ("nll",)
@@ -432,6 +517,16 @@ def write_run_report(run_dir: str | Path) -> None:
         "",
         "![reliability](reliability.png)",
         "",
+        "## Selective prediction",
+        "",
+        "Answer only the most confident questions: accuracy at 50/80/90% coverage and the area under the "
+        "risk-coverage curve (AURC, lower is better).",
+        "",
+        selective_table({name: m}),
+        "",
+        "![selective](selective.png)",
+        "",
+        *ood_section({name: m}),
         *training,
     ]
     write_text(run_dir / "report.md", "\n".join(lines))
