@@ -210,6 +210,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from scalabl.bench import BenchConfig, run_bench
+
+    config = BenchConfig.from_file(args.config)
+    if args.out:
+        config.out = str(args.out)
+    run_bench(config, progress=not args.quiet)
+    print((Path(config.out) / "summary.md").read_text())
+    return 0
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     from scalabl.methods import METHODS
 
@@ -269,6 +280,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "bench",
+        help="run a grid of methods x tasks x seeds from one JSON file and tabulate it",
+        description="Run every cell of a benchmark grid (skipping cells already done: results are keyed by "
+        "a hash of each cell's config) and write one table per metric (mean +- std over seeds) as "
+        "markdown, CSV and LaTeX, plus reliability diagrams. See scalabl.bench for the file format.",
+    )
+    p.add_argument("config", type=Path, help="bench config (JSON)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: the config's 'out')")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser(
         "export",

@@ -1,0 +1,272 @@
+"""``scalabl bench``: a grid of methods x tasks x seeds from one JSON file, resumable, with tables.
+
+The config file::
+
+    {
+      "out": "runs/bench",
+      "tasks": ["arc_easy", "obqa"],
+      "seeds": [0, 1, 2],
+      "base": {"max_test": 100, "n_samples": [4, 0], "train": {"steps": 40}},
+      "methods": {
+        "mle": {},
+        "scalabl": {"method": {"method": "scalabl"}, "train": {"variational_lr": 0.02}},
+        "temperature": {"method": {"method": "temperature"}, "from": "mle"}
+      },
+      "ood": {"obqa": ["arc_c", "arc_e", "mmlu_chemistry", "mmlu_physics"]}
+    }
+
+Each cell is one run (:func:`scalabl.runs.train_run`) of ``base`` + the method's overrides, on the
+task, with ``train.seed`` = the seed (the splits stay fixed: seeds vary initialisation, data order
+and noise). A method with ``"from": "mle"`` starts from that method's cell of the same task and
+seed (post-hoc methods). A cell's folder is named by a hash of its full config, so a finished cell
+(``metrics.json`` present) is skipped when the bench runs again, and a changed config runs anew.
+
+Outputs in ``out``: one table per metric with mean +- std over seeds (rows: method, columns: task;
+and the shifted tasks), as ``tables/METRIC.md``, ``.csv`` and ``.tex``; ``summary.md`` with all
+tables; and ``reliability_TASK.png`` per task with every method's predictions pooled over seeds.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from scalabl.config import check_fields
+from scalabl.io import write_json, write_text
+
+# metric key -> (header, scale, format); ECE in percent as in the papers
+METRICS: dict[str, tuple[str, float, str]] = {
+    "acc": ("ACC", 1.0, "{:.3f}"),
+    "ece": ("ECE (%)", 100.0, "{:.1f}"),
+    "nll": ("NLL", 1.0, "{:.3f}"),
+    "brier": ("Brier", 1.0, "{:.3f}"),
+    "aurc": ("AURC", 1.0, "{:.3f}"),
+    "auroc_max_prob": ("OOD AUROC (max prob)", 1.0, "{:.3f}"),
+    "auroc_entropy": ("OOD AUROC (entropy)", 1.0, "{:.3f}"),
+}
+
+
+@dataclass
+class BenchConfig:
+    """A grid of runs: see the module docstring."""
+
+    tasks: list[str]
+    methods: dict[str, dict[str, Any]]
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    base: dict[str, Any] = field(default_factory=dict)
+    ood: dict[str, list[str]] = field(default_factory=dict)
+    out: str = "runs/bench"
+
+    def __post_init__(self) -> None:
+        if not self.tasks:
+            raise ValueError("tasks: at least one task is needed")
+        if not self.methods:
+            raise ValueError("methods: at least one method is needed")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds: need one or more distinct seeds, got {self.seeds}")
+        names = list(self.methods)
+        for label, spec in self.methods.items():
+            unknown = sorted(set(spec) - {"method", "train", "run", "from"})
+            if unknown:
+                raise ValueError(f"methods.{label}: unknown key {unknown[0]!r}; allowed: method, train, run, from")
+            source = spec.get("from")
+            if source is not None and (source not in names or names.index(source) >= names.index(label)):
+                raise ValueError(f"methods.{label}.from: {source!r} must be a method listed before {label!r}")
+        for task in self.ood:
+            if task not in self.tasks:
+                raise ValueError(f"ood: {task!r} is not one of the tasks {self.tasks}")
+        for label, task, seed in self.grid():  # every cell's config must validate up front
+            self.run_config(label, task, seed)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> BenchConfig:
+        path = Path(path)
+        try:
+            raw = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from err
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path}: expected a JSON object")
+        check_fields(cls, raw, f"bench config {path}")
+        return cls(**raw)
+
+    def grid(self) -> list[tuple[str, str, int]]:
+        """Every cell (method label, task, seed), tasks outermost, methods innermost (sources first)."""
+        return [(label, task, seed) for task in self.tasks for seed in self.seeds for label in self.methods]
+
+    def run_config(self, label: str, task: str, seed: int):
+        from scalabl.runs import RunConfig
+
+        spec = self.methods[label]
+        base = json.loads(json.dumps(self.base))  # a deep copy
+        run = {**base, **spec.get("run", {}), "task": task, "ood": self.ood.get(task, [])}
+        run["method"] = {**base.get("method", {}), "method": label, **spec.get("method", {})}
+        run["train"] = {**base.get("train", {}), **spec.get("train", {}), "seed": seed}
+        if spec.get("from"):
+            run["from_run"] = str(self.cell_dir(spec["from"], task, seed))
+        return RunConfig.from_dict(run)
+
+    def cell_dir(self, label: str, task: str, seed: int) -> Path:
+        config = self.run_config(label, task, seed)
+        digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
+        return Path(self.out) / "cells" / label / task.replace(":", "_").replace("/", "_") / f"seed{seed}-{digest}"
+
+
+def run_bench(config: BenchConfig, *, progress: bool = True) -> dict[str, Any]:
+    """Run every missing cell, then write the tables; returns the collected results."""
+    from tqdm.auto import tqdm
+
+    from scalabl.runs import train_run
+
+    cells = config.grid()
+    todo = [c for c in cells if not (config.cell_dir(*c) / "metrics.json").is_file()]
+    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="bench cells", disable=not progress, unit="cell")
+    for label, task, seed in todo:
+        bar.set_postfix_str(f"{label} {task} seed {seed}")
+        t0 = time.perf_counter()
+        train_run(config.run_config(label, task, seed), config.cell_dir(label, task, seed), progress=False)
+        bar.update(1)
+        bar.write(f"done {label} {task} seed {seed} in {time.perf_counter() - t0:.0f} s")
+    bar.close()
+    results = collect(config)
+    write_tables(config, results)
+    return results
+
+
+def collect(config: BenchConfig) -> dict[str, Any]:
+    """metrics.json of every finished cell: results[label][task][seed]."""
+    results: dict[str, Any] = {}
+    for label, task, seed in config.grid():
+        path = config.cell_dir(label, task, seed) / "metrics.json"
+        if path.is_file():
+            results.setdefault(label, {}).setdefault(task, {})[seed] = json.loads(path.read_text())
+    return results
+
+
+def headline_key(metrics: dict[str, Any]) -> str:
+    """The evaluation a table reports for a run: its first sample count (S for Bayesian methods)."""
+    return next(iter(metrics["eval"]))
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return mean, std
+
+
+def table_rows(config: BenchConfig, results: dict[str, Any], metric: str) -> tuple[list[str], list[list[Any]]]:
+    """Columns and rows of one metric's table: cells are (mean, std, n seeds) or None."""
+    scale = METRICS[metric][1]
+    ood_cols = [(task, shifted) for task in config.tasks for shifted in config.ood.get(task, [])]
+    in_dist = metric not in ("auroc_max_prob", "auroc_entropy")
+    columns = ([*config.tasks] if in_dist else []) + [f"{t}→{s}" for t, s in ood_cols]
+    rows = []
+    for label in config.methods:
+        row: list[Any] = [label]
+        per_task = results.get(label, {})
+        if in_dist:
+            for task in config.tasks:
+                runs = per_task.get(task, {})
+                vals = [m["eval"][headline_key(m)].get(metric) for m in runs.values()]
+                vals = [scale * v for v in vals if v is not None]
+                row.append((*_mean_std(vals), len(vals)) if vals else None)
+        for task, shifted in ood_cols:
+            runs = per_task.get(task, {})
+            vals = [m.get("ood", {}).get(shifted, {}).get(headline_key(m), {}).get(metric) for m in runs.values()]
+            vals = [scale * v for v in vals if v is not None]
+            row.append((*_mean_std(vals), len(vals)) if vals else None)
+        rows.append(row)
+    return columns, rows
+
+
+def _cell_text(cell: Any, fmt: str, sep: str) -> str:
+    if cell is None:
+        return "-"
+    mean, std, n = cell
+    return fmt.format(mean) + (f"{sep}{fmt.format(std)}" if n > 1 else "")
+
+
+def to_markdown(metric: str, columns: list[str], rows: list[list[Any]]) -> str:
+    fmt = METRICS[metric][2]
+    lines = ["| method | " + " | ".join(columns) + " |", "| --- |" + " --- |" * len(columns)]
+    lines += ["| " + " | ".join([r[0], *(_cell_text(c, fmt, " ± ") for c in r[1:])]) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def to_csv(metric: str, columns: list[str], rows: list[list[Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["method", *[f"{c} {part}" for c in columns for part in ("mean", "std")], "seeds"])
+    for r in rows:
+        cells = [x for c in r[1:] for x in ((c[0], c[1]) if c else ("", ""))]
+        seeds = max((c[2] for c in r[1:] if c), default=0)
+        writer.writerow([r[0], *cells, seeds])
+    return buf.getvalue()
+
+
+def to_latex(metric: str, columns: list[str], rows: list[list[Any]]) -> str:
+    fmt = METRICS[metric][2]
+
+    def esc(text: str) -> str:
+        return text.replace("_", r"\_").replace("%", r"\%").replace("→", r"$\to$")
+
+    lines = [
+        r"\begin{tabular}{l" + "c" * len(columns) + "}",
+        r"\toprule",
+        "method & " + " & ".join(esc(c) for c in columns) + r" \\",
+        r"\midrule",
+    ]
+    lines += [esc(r[0]) + " & " + " & ".join(_cell_text(c, fmt, r" $\pm$ ") for c in r[1:]) + r" \\" for r in rows]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(config: BenchConfig, results: dict[str, Any]) -> None:
+    """tables/METRIC.{md,csv,tex}, summary.md and reliability_TASK.png under ``config.out``."""
+    from scalabl.report import plot_reliability
+    from scalabl.runs import load_predictions
+
+    out = Path(config.out)
+    sections = []
+    for metric, (header, _, _) in METRICS.items():
+        columns, rows = table_rows(config, results, metric)
+        if not columns or all(c is None for r in rows for c in r[1:]):
+            continue
+        write_text(out / "tables" / f"{metric}.md", to_markdown(metric, columns, rows) + "\n")
+        write_text(out / "tables" / f"{metric}.csv", to_csv(metric, columns, rows))
+        write_text(out / "tables" / f"{metric}.tex", to_latex(metric, columns, rows))
+        sections += [f"## {header}", "", to_markdown(metric, columns, rows), ""]
+    for task in config.tasks:
+        curves = {}
+        for label in config.methods:
+            runs = results.get(label, {}).get(task, {})
+            parts = [
+                load_predictions(config.cell_dir(label, task, seed), headline_key(m).replace("=", ""))
+                for seed, m in runs.items()
+            ]
+            if parts:
+                curves[label] = (torch.cat([p for p, _ in parts]), torch.cat([y for _, y in parts]))
+        if curves:
+            plot_reliability(curves, out / f"reliability_{task.replace(':', '_')}.png", title=f"{task}, seeds pooled")
+    first = next((m for per in results.values() for runs in per.values() for m in runs.values()), None)
+    head = [
+        "# Benchmark",
+        "",
+        f"Methods {', '.join(config.methods)}; tasks {', '.join(config.tasks)}; seeds {config.seeds}. "
+        "Cells: mean ± std over seeds (sample std), each method at its first sample count "
+        "(S for Bayesian methods, the members for an ensemble).",
+    ]
+    if first is not None:
+        head.append(f"Model `{first['model']}`, {first['train_steps']} training steps, test n ≤ {first['n_test']}.")
+    write_text(out / "summary.md", "\n".join([*head, "", *sections]))
+    write_json(out / "results.json", results)

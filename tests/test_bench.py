@@ -1,0 +1,106 @@
+"""scalabl bench: the grid, config hashes that skip finished cells, tables mean +- std, three formats."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from conftest import save_tiny_model
+
+from scalabl.bench import BenchConfig, collect, table_rows, to_csv, to_latex, to_markdown
+from scalabl.cli import main
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    model_dir = save_tiny_model(root / "tiny")
+    config = {
+        "out": str(root / "out"),
+        "tasks": ["arc_easy", "obqa"],
+        "seeds": [0, 1],
+        "base": {
+            "model": str(model_dir),
+            "max_train": 6,
+            "max_test": 4,
+            "max_validation": 4,
+            "n_samples": [2, 0],
+            "method": {"rank": 2},
+            "train": {"steps": 2, "batch_size": 2},
+        },
+        "methods": {
+            "mle": {},
+            "scalabl": {"train": {"variational_lr": 0.02}},
+            "temperature": {"from": "mle"},
+        },
+        "ood": {"obqa": ["arc_c"]},
+    }
+    path = root / "bench.json"
+    path.write_text(json.dumps(config))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        assert main(["bench", str(path), "--quiet"]) == 0
+    return path, BenchConfig.from_file(path)
+
+
+def test_every_cell_ran_and_post_hoc_cells_start_from_their_source(bench):
+    _, config = bench
+    results = collect(config)
+    assert {(lab, t, s) for lab in results for t in results[lab] for s in results[lab][t]} == set(config.grid())
+    m = results["temperature"]["obqa"][1]
+    assert m["from_run"] == str(config.cell_dir("mle", "obqa", 1)) and m["train_steps"] == 0
+    assert set(results["scalabl"]["obqa"][0]["ood"]) == {"arc_c"}
+    assert results["mle"]["arc_easy"][0]["ood"] == {}
+
+
+def test_finished_cells_are_skipped_and_changed_configs_rerun(bench, capsys):
+    path, config = bench
+    stamp = {c: (config.cell_dir(*c) / "metrics.json").stat().st_mtime_ns for c in config.grid()}
+    assert main(["bench", str(path), "--quiet"]) == 0
+    assert all((config.cell_dir(*c) / "metrics.json").stat().st_mtime_ns == t for c, t in stamp.items())
+    raw = json.loads(path.read_text())
+    raw["seeds"] = [0, 1, 2]
+    changed = BenchConfig(**raw)
+    assert changed.cell_dir("mle", "obqa", 0) == config.cell_dir("mle", "obqa", 0)  # same cell, same hash
+    raw["base"]["train"]["steps"] = 3
+    assert BenchConfig(**raw).cell_dir("mle", "obqa", 0) != config.cell_dir("mle", "obqa", 0)
+
+
+def test_tables_are_mean_and_sample_std_over_seeds(bench):
+    _, config = bench
+    results = collect(config)
+    columns, rows = table_rows(config, results, "ece")
+    assert columns == ["arc_easy", "obqa", "obqa→arc_c"]
+    scal = next(r for r in rows if r[0] == "scalabl")
+    values = [100 * results["scalabl"]["obqa"][s]["eval"]["S=2"]["ece"] for s in (0, 1)]
+    mean = sum(values) / 2
+    std = math.sqrt(sum((v - mean) ** 2 for v in values))  # n - 1 = 1
+    assert scal[2][0] == pytest.approx(mean) and scal[2][1] == pytest.approx(std) and scal[2][2] == 2
+    md, csv_text, tex = to_markdown("ece", columns, rows), to_csv("ece", columns, rows), to_latex("ece", columns, rows)
+    assert "| scalabl |" in md and " ± " in md
+    assert csv_text.splitlines()[0].startswith("method,arc_easy mean,arc_easy std")
+    assert r"\begin{tabular}" in tex and r"$\pm$" in tex and r"obqa$\to$arc\_c" in tex
+    out = config.out
+    for metric in ("acc", "ece", "nll", "brier", "aurc", "auroc_entropy"):
+        for ext in ("md", "csv", "tex"):
+            assert (Path(out) / "tables" / f"{metric}.{ext}").is_file()
+    assert (Path(out) / "reliability_obqa.png").is_file()
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"tasks": []}, "tasks"),
+        ({"seeds": [0, 0]}, "seeds"),
+        ({"methods": {"temperature": {"from": "mle"}}}, "from"),
+        ({"methods": {"mle": {"optimizer": {}}}}, "unknown key 'optimizer'"),
+        ({"ood": {"boolq": ["arc_c"]}}, "ood"),
+        ({"methods": {"nope": {}}}, "method"),
+    ],
+)
+def test_bad_bench_configs_name_the_field(change, message):
+    raw = {"tasks": ["arc_easy"], "methods": {"mle": {}}, **change}
+    with pytest.raises(ValueError, match=message):
+        BenchConfig(**raw)
