@@ -221,6 +221,25 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from scalabl.plan import make_plan
+
+    plan = make_plan(
+        args.model,
+        method=args.method,
+        rank=args.rank,
+        targets=tuple(t.strip() for t in args.targets.split(",") if t.strip()),
+        dtype=args.dtype,
+        quant=args.quant,
+        batch_size=args.batch_size,
+        seq_len=args.seq_len,
+        n_samples=args.n_samples,
+        gradient_checkpointing=args.gradient_checkpointing,
+    )
+    print(json.dumps(plan.to_dict(), indent=2) if args.json else plan.text())
+    return 0
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     from scalabl.methods import METHODS
 
@@ -292,6 +311,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="output folder (default: the config's 'out')")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser(
+        "plan",
+        help="sizes and memory of a run, from the model's config alone (no weights)",
+        description="Build the model on the meta device and print base, LoRA and the method's extra parameters "
+        "and an estimate of training and inference memory on one device (see scalabl.plan for the model). "
+        "Shipped configs: llama-2-7b, llama-3.1-8b, qwen2.5-7b, qwen2.5-14b, qwen2.5-32b.",
+    )
+    p.add_argument("--model", default=EMBEDDED_MODEL, help="shipped config name, config.json, model folder or hub id")
+    p.add_argument("--method", default="scalabl", help=f"method: {', '.join(METHOD_NAMES)}")
+    p.add_argument("--rank", type=int, default=8, help="LoRA rank r")
+    p.add_argument("--targets", default="q_proj,v_proj", help="comma-separated target modules")
+    p.add_argument("--dtype", default="bfloat16", help="base weights dtype: float32, bfloat16, float16")
+    p.add_argument("--quant", default=None, choices=["4bit", "8bit"], help="bitsandbytes quantised base")
+    p.add_argument("--batch-size", type=int, default=4, help="examples per micro-batch")
+    p.add_argument("--seq-len", type=int, default=256, help="tokens per example (prompt and answers)")
+    p.add_argument("--n-samples", type=int, default=10, help="posterior samples run as one batch at inference")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser(
         "export",

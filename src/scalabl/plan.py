@@ -1,0 +1,233 @@
+"""``scalabl plan``: sizes and memory of a (Bayesian) LoRA run, from the model's config alone.
+
+The model is built on the meta device (no weights, no memory), so any size can be planned on a
+laptop: base parameters, LoRA parameters, the method's extra parameters, and an estimate of the
+peak memory of training and of inference on one device.
+
+The memory model (bytes; ``T`` tokens per micro-batch = batch x sequence length, ``h`` hidden
+size, ``L`` layers, ``V`` vocabulary, ``w`` bytes per activation element of the compute dtype):
+
+* weights: the base parameters at their dtype; 4-bit / 8-bit quantisation (bitsandbytes) stores
+  the decoder's linear weights at 0.5625 / 1.0625 bytes (with the quantisation constants), and
+  embeddings, norms and ``lm_head`` at the compute dtype;
+* trainable state, float32: LoRA and variational parameters x (weight + gradient + 2 AdamW moments)
+  = 16 bytes each; an ensemble holds K adapters but trains one at a time;
+* activations kept for the backward pass: ``17 L T h w`` per step without recomputation
+  (Korthikanti et al. 2022's ``34`` bytes per element at 2-byte precision, with memory-efficient
+  attention, i.e. no ``T^2`` scores), and ``L T h w + 17 T h w`` with gradient checkpointing (each
+  layer's input, plus one layer recomputed);
+* the scorer's log-probabilities: only at the answer tokens, ``3 x 4 V`` bytes per scored token
+  (logits, log-softmax and its gradient in float32);
+* inference: the weights, the key/value cache ``2 L n_kv d_head T_S w`` for ``T_S`` = T x S when
+  the S posterior samples run as one batch, and the scored log-probabilities.
+
+``benchmarks/plan_check.py`` compares the estimate with the measured peak on this machine.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+SHIPPED = ("llama-2-7b", "llama-3.1-8b", "qwen2.5-7b", "qwen2.5-14b", "qwen2.5-32b")
+QUANT_BYTES = {None: None, "8bit": 1.0625, "4bit": 0.5625}
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+GB = 1024**3
+
+
+def load_config(model: str):
+    """A transformers config: a shipped name, a config.json / model folder, the embedded model, or a hub id."""
+    from transformers import AutoConfig
+
+    from scalabl.choices import EMBEDDED_MODEL
+
+    if model in SHIPPED:
+        raw = json.loads(files("scalabl").joinpath(f"configs/{model}.json").read_text())
+        raw.pop("_comment", None)
+        return AutoConfig.for_model(**raw)
+    if model == EMBEDDED_MODEL:
+        from scalabl.models import embedded_model_path
+
+        return AutoConfig.from_pretrained(embedded_model_path())
+    path = Path(model)
+    if path.is_file():
+        raw = json.loads(path.read_text())
+        raw.pop("_comment", None)
+        return AutoConfig.for_model(**raw)
+    try:
+        return AutoConfig.from_pretrained(model)
+    except OSError as err:
+        raise OSError(
+            f"could not read a config for {model!r}: not one of {', '.join(SHIPPED)}, a config.json, a model "
+            f"folder or a reachable hub id ({str(err).splitlines()[0]})"
+        ) from err
+
+
+def adapted_linears(model, targets: tuple[str, ...]) -> list[tuple[str, int, int]]:
+    """(name, in_features, out_features) of every linear layer whose name ends in a target."""
+    from torch import nn
+
+    out = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and any(name == t or name.endswith("." + t) for t in targets):
+            out.append((name, module.in_features, module.out_features))
+    return out
+
+
+def extra_parameters(method: str, linears: list[tuple[str, int, int]], rank: int, *, ensemble_size: int = 3,
+                     laplace_hessian: str = "kron") -> int:  # fmt: skip
+    """Parameters a method adds to plain LoRA with these adapted layers (tested against the real modules)."""
+    lora = sum(rank * (i + o) for _, i, o in linears)
+    if method == "scalabl":
+        return 2 * rank * len(linears)
+    if method == "blob":
+        return sum(rank * i for _, i, _ in linears)
+    if method == "tfb":
+        return (rank + 1) * len(linears)
+    if method == "ensemble":
+        return (ensemble_size - 1) * lora
+    if method == "laplace":
+        if laplace_hessian == "diag":
+            return lora
+        # KFAC per LoRA linear: A (in -> r): in^2 + r^2; B (r -> out): r^2 + out^2
+        return sum(i * i + 2 * rank * rank + o * o for _, i, o in linears)
+    return 0
+
+
+@dataclass
+class Plan:
+    model: str
+    method: str
+    rank: int
+    targets: tuple[str, ...]
+    dtype: str
+    quant: str | None
+    adapted_modules: int
+    base_parameters: int
+    lora_parameters: int
+    extra_parameters: int
+    memory_gb: dict[str, float]
+    assumptions: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def text(self) -> str:
+        m = self.memory_gb
+        lines = [
+            f"model {self.model} ({self.dtype}{', ' + self.quant if self.quant else ''}), method {self.method}, "
+            f"rank {self.rank} on {', '.join(self.targets)} ({self.adapted_modules} modules)",
+            f"  base parameters   {self.base_parameters:>16,}",
+            f"  LoRA parameters   {self.lora_parameters:>16,}",
+            f"  extra parameters  {self.extra_parameters:>16,}  ({self.method} beyond LoRA)",
+            f"  memory, training  {m['train_total']:>13.2f} GB  (weights {m['weights']:.2f}, trainable state "
+            f"{m['trainable_state']:.2f}, activations {m['activations']:.2f}, log-probs {m['logprobs']:.2f})",
+            f"  memory, inference {m['inference_total']:>13.2f} GB  (weights {m['weights']:.2f}, KV cache "
+            f"{m['kv_cache']:.2f}, log-probs {m['inference_logprobs']:.2f}; S = {self.assumptions['n_samples']} batched)",
+            "  assumptions: " + ", ".join(f"{k} {v}" for k, v in self.assumptions.items()),
+        ]
+        return "\n".join(lines)
+
+
+def make_plan(
+    model: str,
+    *,
+    method: str = "scalabl",
+    rank: int = 8,
+    targets: tuple[str, ...] = ("q_proj", "v_proj"),
+    dtype: str = "bfloat16",
+    quant: str | None = None,
+    batch_size: int = 4,
+    seq_len: int = 256,
+    answer_tokens: int = 32,
+    n_samples: int = 10,
+    gradient_checkpointing: bool = False,
+    ensemble_size: int = 3,
+) -> Plan:
+    """Sizes and a memory estimate for one device (see the module docstring for the model)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from scalabl.choices import METHOD_NAMES
+
+    if method not in METHOD_NAMES:
+        raise ValueError(f"method: unknown method {method!r}; allowed: {', '.join(METHOD_NAMES)}")
+    if dtype not in DTYPE_BYTES:
+        raise ValueError(f"dtype: {dtype!r} not in {tuple(DTYPE_BYTES)}")
+    if quant not in QUANT_BYTES:
+        raise ValueError(f"quant: {quant!r} not in ('4bit', '8bit')")
+    config = load_config(model)
+    with torch.device("meta"):
+        net = AutoModelForCausalLM.from_config(config)
+    params = {id(p): p for p in net.parameters()}  # tied weights once
+    base = sum(p.numel() for p in params.values())
+    linears = adapted_linears(net, tuple(targets))
+    if not linears:
+        raise ValueError(f"targets: {list(targets)} matched no linear layer of {model}")
+    limit = min(min(i, o) for _, i, o in linears)
+    if rank > limit:
+        raise ValueError(f"rank: {rank} exceeds the smallest adapted layer's min(in, out) = {limit}")
+    lora = sum(rank * (i + o) for _, i, o in linears)
+    extra = extra_parameters(method, linears, rank, ensemble_size=ensemble_size)
+
+    w = DTYPE_BYTES[dtype]
+    if quant:
+        decoder_linear = sum(
+            m.weight.numel()
+            for name, m in net.named_modules()
+            if isinstance(m, torch.nn.Linear) and ".layers." in name
+        )
+        weights = decoder_linear * QUANT_BYTES[quant] + (base - decoder_linear) * w
+    else:
+        weights = base * w
+    h, n_layers, vocab = config.hidden_size, config.num_hidden_layers, config.vocab_size
+    n_kv = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    d_head = getattr(config, "head_dim", None) or h // config.num_attention_heads
+
+    variational = extra if method in ("scalabl", "blob") else 0
+    trained_adapters = lora + variational  # one ensemble member trains at a time
+    held = lora * (ensemble_size if method == "ensemble" else 1) + extra * (method not in ("ensemble",))
+    trainable_state = 4 * held + 12 * trained_adapters  # weights held + grad and 2 moments of the trained
+    tokens = batch_size * seq_len
+    # the LoRA branch's r-dim intermediates add r / h of a hidden state per adapted module: negligible
+    if gradient_checkpointing:
+        activations = n_layers * tokens * h * w + 17 * tokens * h * w
+    else:
+        activations = 17 * n_layers * tokens * h * w
+    scored = batch_size * answer_tokens
+    logprobs = 3 * 4 * vocab * scored
+    kv_cache = 2 * n_layers * n_kv * d_head * tokens * max(1, n_samples) * w
+    inference_logprobs = 4 * vocab * scored * max(1, n_samples)
+    memory = {
+        "weights": weights / GB,
+        "trainable_state": trainable_state / GB,
+        "activations": activations / GB,
+        "logprobs": logprobs / GB,
+        "train_total": (weights + trainable_state + activations + logprobs) / GB,
+        "kv_cache": kv_cache / GB,
+        "inference_logprobs": inference_logprobs / GB,
+        "inference_total": (weights + 4 * held + kv_cache + inference_logprobs) / GB,
+    }
+    return Plan(
+        model=model,
+        method=method,
+        rank=rank,
+        targets=tuple(targets),
+        dtype=dtype,
+        quant=quant,
+        adapted_modules=len(linears),
+        base_parameters=base,
+        lora_parameters=lora,
+        extra_parameters=extra,
+        memory_gb=memory,
+        assumptions={
+            "batch_size": batch_size,
+            "seq_len": seq_len,
+            "answer_tokens": answer_tokens,
+            "n_samples": n_samples,
+            "gradient_checkpointing": gradient_checkpointing,
+        },
+    )
