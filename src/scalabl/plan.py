@@ -12,10 +12,10 @@ size, ``L`` layers, ``V`` vocabulary, ``w`` bytes per activation element of the 
   embeddings, norms and ``lm_head`` at the compute dtype;
 * trainable state, float32: LoRA and variational parameters x (weight + gradient + 2 AdamW moments)
   = 16 bytes each; an ensemble holds K adapters but trains one at a time;
-* activations kept for the backward pass: ``17 L T h w`` per step without recomputation
-  (Korthikanti et al. 2022's ``34`` bytes per element at 2-byte precision, with memory-efficient
-  attention, i.e. no ``T^2`` scores), and ``L T h w + 17 T h w`` with gradient checkpointing (each
-  layer's input, plus one layer recomputed);
+* activations kept for the backward pass: ``L T w (52 h + 4 I)`` per step without recomputation
+  (``I`` the MLP size; the constants are measured, see :data:`ACT_HIDDEN`), and
+  ``L T h w + T w (52 h + 4 I)`` with gradient checkpointing (each layer's input, plus one layer
+  recomputed); times 1.5 for the backward pass's peak (:data:`BACKWARD_PEAK`);
 * the scorer's log-probabilities: only at the answer tokens, ``3 x 4 V`` bytes per scored token
   (logits, log-softmax and its gradient in float32);
 * inference: the weights, the key/value cache ``2 L n_kv d_head T_S w`` for ``T_S`` = T x S when
@@ -34,6 +34,17 @@ from typing import Any
 
 SHIPPED = ("llama-2-7b", "llama-3.1-8b", "qwen2.5-7b", "qwen2.5-14b", "qwen2.5-32b")
 QUANT_BYTES = {None: None, "8bit": 1.0625, "4bit": 0.5625}
+# Elements saved for the backward pass per token and layer, in units of the hidden and MLP sizes,
+# measured with torch.autograd.graph.saved_tensors_hooks on SmolLM2-135M with this scorer (prompt
+# once, its KV cache copied per answer choice, grouped-query heads expanded): 1,361 MB for 327 tokens
+# over 30 layers besides the log-probabilities. The textbook 34 bytes/element of Korthikanti et al.
+# (2022) assumes fused attention and no cache copies, and under-counts this by about 4x.
+ACT_HIDDEN = 52
+ACT_INTERMEDIATE = 4
+# The peak of a step is above the saved activations: the backward pass holds their gradients and
+# temporaries while it frees them. benchmarks/plan_check.py measured peak / saved-estimate of 1.2-1.8
+# on three Llama sizes (CPU, float32); 1.5 is the middle.
+BACKWARD_PEAK = 1.5
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 GB = 1024**3
 
@@ -192,11 +203,11 @@ def make_plan(
     held = lora * (ensemble_size if method == "ensemble" else 1) + extra * (method not in ("ensemble",))
     trainable_state = 4 * held + 12 * trained_adapters  # weights held + grad and 2 moments of the trained
     tokens = batch_size * seq_len
-    # the LoRA branch's r-dim intermediates add r / h of a hidden state per adapted module: negligible
-    if gradient_checkpointing:
-        activations = n_layers * tokens * h * w + 17 * tokens * h * w
-    else:
-        activations = 17 * n_layers * tokens * h * w
+    inter = getattr(config, "intermediate_size", 4 * h)
+    per_layer = (ACT_HIDDEN * h + ACT_INTERMEDIATE * inter) * tokens * w  # saved for backward, one layer
+    # with checkpointing: every layer's input, plus one layer's activations while it is recomputed
+    saved = n_layers * tokens * h * w + per_layer if gradient_checkpointing else n_layers * per_layer
+    activations = BACKWARD_PEAK * saved
     scored = batch_size * answer_tokens
     logprobs = 3 * 4 * vocab * scored
     kv_cache = 2 * n_layers * n_kv * d_head * tokens * max(1, n_samples) * w
