@@ -104,3 +104,14 @@ def test_bad_bench_configs_name_the_field(change, message):
     raw = {"tasks": ["arc_easy"], "methods": {"mle": {}}, **change}
     with pytest.raises(ValueError, match=message):
         BenchConfig(**raw)
+
+
+def test_tables_only_runs_nothing_and_tabulates_partial_grids(bench, tmp_path):
+    path, config = bench
+    raw = json.loads(path.read_text())
+    raw["seeds"] = [0, 1, 2]  # seed 2 was never run
+    partial = tmp_path / "partial.json"
+    partial.write_text(json.dumps(raw))
+    assert main(["bench", str(partial), "--tables-only"]) == 0
+    assert not BenchConfig(**raw).cell_dir("mle", "obqa", 2).exists()
+    assert "| mle |" in (Path(config.out) / "tables" / "acc.md").read_text()

@@ -211,12 +211,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from scalabl.bench import BenchConfig, run_bench
+    from scalabl.bench import BenchConfig, collect, run_bench, write_tables
 
     config = BenchConfig.from_file(args.config)
     if args.out:
         config.out = str(args.out)
-    run_bench(config, progress=not args.quiet)
+    if args.tables_only:
+        write_tables(config, collect(config))
+    else:
+        run_bench(config, progress=not args.quiet)
     print((Path(config.out) / "summary.md").read_text())
     return 0
 
@@ -309,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("config", type=Path, help="bench config (JSON)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: the config's 'out')")
+    p.add_argument(
+        "--tables-only", action="store_true", help="tabulate the cells already done, run nothing"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_bench)
 
