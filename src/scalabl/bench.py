@@ -131,6 +131,9 @@ def run_bench(config: BenchConfig, *, progress: bool = True) -> dict[str, Any]:
     todo = [c for c in cells if not (config.cell_dir(*c) / "metrics.json").is_file()]
     bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="bench cells", disable=not progress, unit="cell")
     for label, task, seed in todo:
+        if (config.cell_dir(label, task, seed) / "metrics.json").is_file():
+            bar.update(1)  # finished meanwhile by another bench process on the same grid
+            continue
         bar.set_postfix_str(f"{label} {task} seed {seed}")
         t0 = time.perf_counter()
         train_run(config.run_config(label, task, seed), config.cell_dir(label, task, seed), progress=False)
