@@ -42,7 +42,9 @@ def toy_examples(n: int = 24, seed: int = 0, *, varied: bool = False) -> list[Ex
         else:
             choices = sorted({s, (s + 1) % 10, (s + 3) % 10})
         out.append(
-            Example(id=f"q{k}", question=f"{a}+{b}=?", choices=tuple(map(str, choices)), label=choices.index(s))
+            Example(
+                id=f"q{k}", question=f"{a}+{b}=?", choices=tuple(map(str, choices)), label=choices.index(s)
+            )
         )
     return out
 
@@ -79,7 +81,11 @@ def save_tiny_model(folder: Path) -> Path:
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch):
     """Nothing may reach a hub from the tests."""
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # huggingface_hub reads the variable once, at import: set the constant it consults too
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -184,3 +184,83 @@ def test_a_pickle_in_place_of_the_adapter_is_refused(tmp_path):
         pickle.dump({"weight": [1, 2, 3]}, f)
     with pytest.raises(ValueError, match="not a valid safetensors file.*never loads pickles"):
         BayesianLoRA.load(tmp_path, make_tiny_llama(), make_byte_tokenizer())
+
+
+# ---- memory: gradient checkpointing, half-precision bases ----------------------------------------
+def _one_step_grads(blora: BayesianLoRA, examples: list[Example], scorer) -> dict[str, torch.Tensor]:
+    """Gradients of one training batch's NLL, with the train loop's noise handling."""
+    from scalabl.methods.base import clear_noise, sampling
+
+    blora.model.train()
+    blora.model.zero_grad(set_to_none=True)
+    torch.manual_seed(11)  # peft/MC dropout masks come from the global RNG
+    with sampling(blora.model, True):
+        try:
+            logits = scorer.class_logits(
+                blora.model,
+                examples,
+                sample=True,
+                generator=torch.Generator().manual_seed(3),
+                keep_noise=True,
+            )
+            torch.nn.functional.cross_entropy(logits, torch.tensor([e.label for e in examples])).backward()
+        finally:
+            clear_noise(blora.model)
+    return {n: p.grad.clone() for n, p in blora.model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("method", ["mle", "scalabl", "blob", "mcdropout", "map"])
+def test_gradient_checkpointing_gives_the_same_gradients(method):
+    from scalabl.scoring import Scorer
+
+    examples = toy_examples(4)
+    tok = make_byte_tokenizer()
+    config = MethodConfig(method=method, rank=RANK, dropout=0.2 if method == "mle" else None)
+    plain = BayesianLoRA(make_tiny_llama(), tok, config, seed=1)
+    checkpointed = BayesianLoRA(make_tiny_llama(), tok, config, seed=1, gradient_checkpointing=True)
+    assert any(getattr(m, "gradient_checkpointing", False) for m in checkpointed.model.modules())
+    assert not checkpointed.train_scorer.reuse_prompt and checkpointed.scorer.reuse_prompt
+    with torch.no_grad():  # B = 0 at init: make the adapter matter so every gradient is nonzero
+        for a, b in zip(plain.model.parameters(), checkpointed.model.parameters(), strict=True):
+            if a.requires_grad:
+                a.add_(0.1)
+                b.add_(0.1)
+    expected = _one_step_grads(plain, examples, Scorer(tok, reuse_prompt=False))
+    got = _one_step_grads(checkpointed, examples, checkpointed.train_scorer)
+    assert expected.keys() == got.keys() and expected
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_gradient_checkpointing_trains_and_predicts_with_the_cache():
+    examples = toy_examples(8)
+    blora = BayesianLoRA(
+        make_tiny_llama(),
+        make_byte_tokenizer(),
+        MethodConfig(method="scalabl", rank=RANK),
+        gradient_checkpointing=True,
+    )
+    history = blora.fit(examples, steps=3, batch_size=4, log_every=1, progress=False)
+    assert len(history) == 3 and all(math.isfinite(h["loss"]) for h in history)
+    probs = blora.predict_proba(examples, n_samples=2)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(len(examples), dtype=probs.dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_base_keeps_the_posterior_in_float32(dtype):
+    from scalabl.methods.base import bayesian_modules, total_kl, variational_parameters
+
+    examples = toy_examples(8)
+    blora = BayesianLoRA(
+        make_tiny_llama().to(dtype), make_byte_tokenizer(), MethodConfig(method="scalabl", rank=RANK)
+    )
+    base_dtypes = {p.dtype for p in blora.model.parameters() if not p.requires_grad}
+    assert base_dtypes == {dtype}
+    assert {p.dtype for p in variational_parameters(blora.model)} == {torch.float32}
+    assert total_kl(blora.model).dtype == torch.float32
+    assert len(bayesian_modules(blora.model)) == N_MODULES
+    history = blora.fit(examples, steps=3, batch_size=4, log_every=1, progress=False)
+    assert all(math.isfinite(h["loss"]) and math.isfinite(h["kl"]) for h in history)
+    assert {p.dtype for p in variational_parameters(blora.model)} == {torch.float32}
+    probs = blora.predict_proba(examples, n_samples=2)
+    assert probs.dtype == torch.float64 and torch.isfinite(probs).all()

@@ -48,7 +48,9 @@ def bench(tmp_path_factory):
 def test_every_cell_ran_and_post_hoc_cells_start_from_their_source(bench):
     _, config = bench
     results = collect(config)
-    assert {(lab, t, s) for lab in results for t in results[lab] for s in results[lab][t]} == set(config.grid())
+    assert {(lab, t, s) for lab in results for t in results[lab] for s in results[lab][t]} == set(
+        config.grid()
+    )
     m = results["temperature"]["obqa"][1]
     assert m["from_run"] == str(config.cell_dir("mle", "obqa", 1)) and m["train_steps"] == 0
     assert set(results["scalabl"]["obqa"][0]["ood"]) == {"arc_c"}
@@ -78,7 +80,11 @@ def test_tables_are_mean_and_sample_std_over_seeds(bench):
     mean = sum(values) / 2
     std = math.sqrt(sum((v - mean) ** 2 for v in values))  # n - 1 = 1
     assert scal[2][0] == pytest.approx(mean) and scal[2][1] == pytest.approx(std) and scal[2][2] == 2
-    md, csv_text, tex = to_markdown("ece", columns, rows), to_csv("ece", columns, rows), to_latex("ece", columns, rows)
+    md, csv_text, tex = (
+        to_markdown("ece", columns, rows),
+        to_csv("ece", columns, rows),
+        to_latex("ece", columns, rows),
+    )
     assert "| scalabl |" in md and " ± " in md
     assert csv_text.splitlines()[0].startswith("method,arc_easy mean,arc_easy std")
     assert r"\begin{tabular}" in tex and r"$\pm$" in tex and r"obqa$\to$arc\_c" in tex

@@ -59,7 +59,10 @@ def test_bad_inputs_are_named():
 def test_temperature_method_and_flag_lower_validation_nll():
     train, validation = toy_examples(12), toy_examples(12, seed=5)
     labels = torch.tensor([e.label for e in validation])
-    for cfg in (MethodConfig(method="temperature", rank=4), MethodConfig(method="scalabl", rank=4, temperature=True)):
+    for cfg in (
+        MethodConfig(method="temperature", rank=4),
+        MethodConfig(method="scalabl", rank=4, temperature=True),
+    ):
         blora = BayesianLoRA(make_tiny_llama(), make_byte_tokenizer(), cfg, seed=0)
         blora.fit(train, steps=6, batch_size=4, lr=5e-2, progress=False)
         before = blora.predict_log_proba(validation, n_samples=2)

@@ -74,7 +74,8 @@ def test_interrupted_training_resumes_bit_identically(case, tmp_path):
     assert strip(resumed_history) == strip(history)
     examples = toy_examples(4, seed=9)
     assert torch.equal(
-        whole.predict_log_proba(examples, n_samples=2, seed=1), resumed.predict_log_proba(examples, n_samples=2, seed=1)
+        whole.predict_log_proba(examples, n_samples=2, seed=1),
+        resumed.predict_log_proba(examples, n_samples=2, seed=1),
     )
 
 

@@ -322,7 +322,9 @@ def test_post_hoc_methods_start_from_an_mle_run(model_dir, tmp_path, monkeypatch
     assert run(train_argv(model_dir, base, "mle")) == 0
     for method in ("tfb", "temperature"):
         out = tmp_path / method
-        argv = train_argv(model_dir, out, method, from_run=str(base), max_validation="4", tfb_search_steps="1")
+        argv = train_argv(
+            model_dir, out, method, from_run=str(base), max_validation="4", tfb_search_steps="1"
+        )
         assert run(argv) == 0
         m = json.loads((out / "metrics.json").read_text())
         assert m["train_steps"] == 0 and m["from_run"] == str(base)
@@ -351,7 +353,22 @@ def test_evaluate_with_shifted_tasks(cli_run, capsys):
     if cli_run["method"] != "scalabl":
         pytest.skip("one method is enough")
     out = cli_run["out"]
-    assert run(["evaluate", str(out), "--n-samples", "2", "--max-test", "5", "--ood", "arc_c,mmlu_chemistry", "--quiet"]) == 0
+    assert (
+        run(
+            [
+                "evaluate",
+                str(out),
+                "--n-samples",
+                "2",
+                "--max-test",
+                "5",
+                "--ood",
+                "arc_c,mmlu_chemistry",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "Distribution shift" in printed and "AUROC (entropy)" in printed
     m = json.loads((out / "metrics.json").read_text())

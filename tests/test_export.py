@@ -20,7 +20,9 @@ EXAMPLES = toy_examples(6, seed=4, varied=True)
 
 
 def trained(method: str, **kw) -> BayesianLoRA:
-    blora = BayesianLoRA(make_tiny_llama(), make_byte_tokenizer(), MethodConfig(method=method, rank=4, **kw), seed=0)
+    blora = BayesianLoRA(
+        make_tiny_llama(), make_byte_tokenizer(), MethodConfig(method=method, rank=4, **kw), seed=0
+    )
     blora.fit(toy_examples(8), steps=3, batch_size=4, lr=2e-2, progress=False)
     return blora
 

@@ -182,3 +182,58 @@ def test_a_pickled_model_file_is_refused(tmp_path):
         pickle.dump({"model.embed_tokens.weight": Exploit()}, f)
     with pytest.raises(ValueError, match=r"refused by the safe loader \(torch.load weights_only=True\)"):
         load_model(folder)
+
+
+# ---- devices and quantised bases -----------------------------------------------------------------
+def test_auto_device_is_the_cpu_without_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert models.resolve_device("auto") == torch.device("cpu")
+    assert models.resolve_device("cpu") == torch.device("cpu")
+
+
+def test_a_cuda_device_without_cuda_is_refused_before_any_cuda_call(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        models.resolve_device("cuda:0")
+    with pytest.raises(ValueError, match="not a torch device"):
+        models.resolve_device("gpu7")
+
+
+def test_quant_needs_bitsandbytes(monkeypatch):
+    real = models.importlib.util.find_spec
+    monkeypatch.setattr(
+        models.importlib.util, "find_spec", lambda n: None if n == "bitsandbytes" else real(n)
+    )
+    with pytest.raises(ImportError, match=r"pip install 'scalabl\[quant\]'"):
+        models.quantization_config("4bit", torch.float32)
+    with pytest.raises(ValueError, match="quant: '3bit'"):
+        models.quantization_config("3bit", torch.float32)
+
+
+@pytest.mark.parametrize("quant", ["4bit", "8bit"])
+def test_quantised_base_trains_a_float32_posterior(tmp_path, quant):
+    pytest.importorskip("bitsandbytes")
+    import bitsandbytes as bnb
+    from conftest import toy_examples
+
+    from scalabl.api import BayesianLoRA
+    from scalabl.methods import MethodConfig
+    from scalabl.methods.base import variational_parameters
+
+    model, tok = load_model(save_tiny(tmp_path / "m"), quant=quant, device="cpu")
+    linear = bnb.nn.Linear4bit if quant == "4bit" else bnb.nn.Linear8bitLt
+    assert isinstance(model.model.layers[0].self_attn.q_proj, linear)
+    blora = BayesianLoRA(model, tok, MethodConfig(method="scalabl", rank=4))
+    examples = toy_examples(8, varied=True)
+    history = blora.fit(examples, steps=3, batch_size=4, lr=1e-2, log_every=1, progress=False)
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in history)
+    assert {p.dtype for p in variational_parameters(blora.model)} == {torch.float32}
+    probs = blora.predict_proba(examples, n_samples=2)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(len(examples), dtype=probs.dtype))
+
+
+def test_a_gguf_model_cannot_be_quantised_again(tmp_path):
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    with pytest.raises(ValueError, match="dequantised on load"):
+        load_model(gguf, quant="4bit")

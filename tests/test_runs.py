@@ -65,7 +65,10 @@ def test_run_config_unknown_field_raises(d, name):
         ({"max_test": 0}, "max_test"),
         ({"max_train": 0}, "max_train"),
         ({"eval_batch_size": 0}, "eval_batch_size"),
-        ({"task": "mmlu_nope"}, r"task: unknown task 'mmlu_nope'; allowed: arc_easy, .*boolq.*, or jsonl:PATH"),
+        (
+            {"task": "mmlu_nope"},
+            r"task: unknown task 'mmlu_nope'; allowed: arc_easy, .*boolq.*, or jsonl:PATH",
+        ),
         ({"truncation": "right"}, "truncation"),
         ({"max_validation": 0}, "max_validation"),
     ],
@@ -172,7 +175,9 @@ def test_full_disk_or_unwritable_output_fails_before_training(tmp_path, monkeypa
     from scalabl import runs
 
     model_dir = save_tiny_model(tmp_path / "tiny")
-    config = RunConfig(model=str(model_dir), max_train=4, max_test=2, train=TrainConfig(steps=2, batch_size=2))
+    config = RunConfig(
+        model=str(model_dir), max_train=4, max_test=2, train=TrainConfig(steps=2, batch_size=2)
+    )
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(runs.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
     with pytest.raises(OSError, match=r"MB free on its disk, the run needs about"):

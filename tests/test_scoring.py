@@ -13,7 +13,7 @@ from transformers import PreTrainedTokenizerFast
 
 from scalabl.data import Example
 from scalabl.methods import MethodConfig
-from scalabl.methods.base import bayesian_modules, draw_noise, lora_layers, sampling
+from scalabl.methods.base import bayesian_modules, clear_noise, draw_noise, lora_layers, sampling
 from scalabl.methods.scalabl import ScalaBL
 from scalabl.scoring import Scorer, continuation_prompt, letter_prompt
 
@@ -88,8 +88,9 @@ def naive_continuation(model, tokenizer, examples, *, noise_rows=None, length_no
 
 
 # ---- continuation ----------------------------------------------------------------------------------
-def test_continuation_matches_naive_posterior_mean(model, tokenizer):
-    scorer = Scorer(tokenizer)
+@pytest.mark.parametrize("reuse_prompt", [True, False])
+def test_continuation_matches_naive_posterior_mean(model, tokenizer, reuse_prompt):
+    scorer = Scorer(tokenizer, reuse_prompt=reuse_prompt)
     with torch.no_grad():
         got = scorer.class_logits(model, EXAMPLES, sample=False)
         with sampling(model, False):
@@ -100,12 +101,13 @@ def test_continuation_matches_naive_posterior_mean(model, tokenizer):
     assert torch.isfinite(got[2]).all()
 
 
-def test_continuation_matches_naive_with_the_same_noise(model, tokenizer):
+@pytest.mark.parametrize("reuse_prompt", [True, False])
+def test_continuation_matches_naive_with_the_same_noise(model, tokenizer, reuse_prompt):
     seed = 3
     draw_noise(model, len(EXAMPLES), torch.Generator().manual_seed(seed))
     noise_rows = [m._xi.clone() for m in bayesian_modules(model)]
     assert all(xi.shape[0] == len(EXAMPLES) for xi in noise_rows)
-    scorer = Scorer(tokenizer)
+    scorer = Scorer(tokenizer, reuse_prompt=reuse_prompt)
     with torch.no_grad():
         got = scorer.class_logits(model, EXAMPLES, sample=True, generator=torch.Generator().manual_seed(seed))
         assert all(m._xi is None for m in bayesian_modules(model)), "scoring must clear its noise"
@@ -117,10 +119,36 @@ def test_continuation_matches_naive_with_the_same_noise(model, tokenizer):
     assert not torch.allclose(got[finite], mean[finite], atol=1e-3), "the sample must differ from the mean"
 
 
-def test_continuation_length_norm(model, tokenizer):
+def test_keep_noise_leaves_the_sample_for_the_caller(model, tokenizer):
+    scorer = Scorer(tokenizer)
     with torch.no_grad():
-        raw = Scorer(tokenizer).class_logits(model, EXAMPLES, sample=False)
-        normed = Scorer(tokenizer, length_norm=True).class_logits(model, EXAMPLES, sample=False)
+        scorer.class_logits(
+            model, EXAMPLES, sample=True, generator=torch.Generator().manual_seed(0), keep_noise=True
+        )
+    kept = [m._xi for m in bayesian_modules(model)]
+    assert all(xi is not None for xi in kept)
+    clear_noise(model)
+    assert all(m._xi is None for m in bayesian_modules(model))
+
+
+def test_reused_prompt_equals_full_rows_under_the_same_sample(tokenizer):
+    """The prompt-cache fast path and the cache-free path: same logits for every example's sample."""
+    model = wrap_scalabl(seed=1)
+    with torch.no_grad():
+        fast = Scorer(tokenizer).class_logits(model, EXAMPLES, generator=torch.Generator().manual_seed(5))
+        full = Scorer(tokenizer, reuse_prompt=False).class_logits(
+            model, EXAMPLES, generator=torch.Generator().manual_seed(5)
+        )
+    torch.testing.assert_close(fast, full, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("reuse_prompt", [True, False])
+def test_continuation_length_norm(model, tokenizer, reuse_prompt):
+    with torch.no_grad():
+        raw = Scorer(tokenizer, reuse_prompt=reuse_prompt).class_logits(model, EXAMPLES, sample=False)
+        normed = Scorer(tokenizer, length_norm=True, reuse_prompt=reuse_prompt).class_logits(
+            model, EXAMPLES, sample=False
+        )
         with sampling(model, False):
             expected = naive_continuation(model, tokenizer, EXAMPLES, length_norm=True)
     torch.testing.assert_close(normed, expected, atol=ATOL, rtol=0)

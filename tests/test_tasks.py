@@ -41,7 +41,9 @@ def test_prompts_per_task():
     chem = load_examples("mmlu_chemistry")[0]
     assert chem.context == "The following is a question about college chemistry." and len(chem.choices) == 4
     obqa = {e.id: e for e in load_examples("obqa")}
-    assert obqa["8-376"].choices[obqa["8-376"].label] == "Deep sea animals"  # the validation file's answerKey A
+    assert (
+        obqa["8-376"].choices[obqa["8-376"].label] == "Deep sea animals"
+    )  # the validation file's answerKey A
 
 
 def test_winogrande_sizes_cap_the_training_set():

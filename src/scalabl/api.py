@@ -44,7 +44,9 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError) as err:
-        raise ValueError(f"{path}: not a valid safetensors file ({err}); scalabl never loads pickles") from err
+        raise ValueError(
+            f"{path}: not a valid safetensors file ({err}); scalabl never loads pickles"
+        ) from err
 
 
 class BayesianLoRA:
@@ -59,6 +61,9 @@ class BayesianLoRA:
         truncation: a prompt longer than the context is cut from the left with a warning
             (``"left"``) or refused (``"error"``).
         seed: seeds the adapter initialisation.
+        gradient_checkpointing: recompute each decoder layer's activations in backward instead of
+            keeping them (training memory grows with one layer, not all). Training then scores
+            continuations without the prompt cache (same logits, more compute).
     """
 
     def __init__(
@@ -71,17 +76,43 @@ class BayesianLoRA:
         length_norm: bool = False,
         truncation: str = "left",
         seed: int = 0,
+        gradient_checkpointing: bool = False,
     ) -> None:
         self.config = config or MethodConfig()
         self.method = get_method(self.config)
         self.tokenizer = tokenizer
         self.scorer = Scorer(tokenizer, scoring, length_norm=length_norm, truncation=truncation)
+        self.gradient_checkpointing = gradient_checkpointing
         torch.manual_seed(seed)
         self.model = self.method.wrap(model)
+        if gradient_checkpointing:
+            # Non-reentrant checkpointing: needs no input that requires grad (the base is frozen)
+            # and restores the RNG state, so recomputed dropout masks match.
+            base = self.model.get_base_model()
+            if hasattr(base, "activation_checkpointing_enable"):  # the name since transformers 5.x
+                base.activation_checkpointing_enable({"use_reentrant": False})
+            else:
+                base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.model.eval()
         self.history: list[dict[str, Any]] = []
         self.temperature: float | None = None  # fitted by calibrate() when the config asks for it
         self.fitted: dict[str, Any] = {}  # what calibrate() fitted (beta, temperature, ...)
+
+    @property
+    def train_scorer(self) -> Scorer:
+        """The scorer training uses: ``scorer``, or its cache-free twin under gradient checkpointing
+        (a checkpointed forward keeps no KV cache, so each choice is scored with its prompt)."""
+        if not self.gradient_checkpointing:
+            return self.scorer
+        s = self.scorer
+        return Scorer(
+            s.tokenizer,
+            s.mode,
+            length_norm=s.length_norm,
+            max_length=s.max_length,
+            truncation=s.truncation,
+            reuse_prompt=False,
+        )
 
     @property
     def extra_parameters(self) -> int:
@@ -117,7 +148,7 @@ class BayesianLoRA:
         config = replace(config or TrainConfig(), **overrides)
         self.history = self.method.fit(
             self.model,
-            self.scorer,
+            self.train_scorer,
             train,
             config,
             checkpoint_dir=checkpoint_dir,

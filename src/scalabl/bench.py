@@ -54,6 +54,10 @@ METRICS: dict[str, tuple[str, float, str]] = {
     "auroc_entropy": ("OOD AUROC (entropy)", 1.0, "{:.3f}"),
 }
 
+# Run-config fields added after cells were first run: left out of a cell's hash while at their
+# default, so that adding an option does not orphan the cells already computed.
+HASH_OMIT_AT_DEFAULT: dict[str, Any] = {"quant": None, "device": "auto", "gradient_checkpointing": False}
+
 
 @dataclass
 class BenchConfig:
@@ -77,7 +81,9 @@ class BenchConfig:
         for label, spec in self.methods.items():
             unknown = sorted(set(spec) - {"method", "train", "run", "from"})
             if unknown:
-                raise ValueError(f"methods.{label}: unknown key {unknown[0]!r}; allowed: method, train, run, from")
+                raise ValueError(
+                    f"methods.{label}: unknown key {unknown[0]!r}; allowed: method, train, run, from"
+                )
             source = spec.get("from")
             if source is not None and (source not in names or names.index(source) >= names.index(label)):
                 raise ValueError(f"methods.{label}.from: {source!r} must be a method listed before {label!r}")
@@ -116,9 +122,18 @@ class BenchConfig:
         return RunConfig.from_dict(run)
 
     def cell_dir(self, label: str, task: str, seed: int) -> Path:
-        config = self.run_config(label, task, seed)
-        digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
-        return Path(self.out) / "cells" / label / task.replace(":", "_").replace("/", "_") / f"seed{seed}-{digest}"
+        config = self.run_config(label, task, seed).to_dict()
+        for key, default in HASH_OMIT_AT_DEFAULT.items():
+            if config.get(key) == default:
+                del config[key]
+        digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
+        return (
+            Path(self.out)
+            / "cells"
+            / label
+            / task.replace(":", "_").replace("/", "_")
+            / f"seed{seed}-{digest}"
+        )
 
 
 def run_bench(config: BenchConfig, *, progress: bool = True) -> dict[str, Any]:
@@ -129,7 +144,13 @@ def run_bench(config: BenchConfig, *, progress: bool = True) -> dict[str, Any]:
 
     cells = config.grid()
     todo = [c for c in cells if not (config.cell_dir(*c) / "metrics.json").is_file()]
-    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="bench cells", disable=not progress, unit="cell")
+    bar = tqdm(
+        total=len(cells),
+        initial=len(cells) - len(todo),
+        desc="bench cells",
+        disable=not progress,
+        unit="cell",
+    )
     for label, task, seed in todo:
         if (config.cell_dir(label, task, seed) / "metrics.json").is_file():
             bar.update(1)  # finished meanwhile by another bench process on the same grid
@@ -167,7 +188,9 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return mean, std
 
 
-def table_rows(config: BenchConfig, results: dict[str, Any], metric: str) -> tuple[list[str], list[list[Any]]]:
+def table_rows(
+    config: BenchConfig, results: dict[str, Any], metric: str
+) -> tuple[list[str], list[list[Any]]]:
     """Columns and rows of one metric's table: cells are (mean, std, n seeds) or None."""
     scale = METRICS[metric][1]
     ood_cols = [(task, shifted) for task in config.tasks for shifted in config.ood.get(task, [])]
@@ -185,7 +208,9 @@ def table_rows(config: BenchConfig, results: dict[str, Any], metric: str) -> tup
                 row.append((*_mean_std(vals), len(vals)) if vals else None)
         for task, shifted in ood_cols:
             runs = per_task.get(task, {})
-            vals = [m.get("ood", {}).get(shifted, {}).get(headline_key(m), {}).get(metric) for m in runs.values()]
+            vals = [
+                m.get("ood", {}).get(shifted, {}).get(headline_key(m), {}).get(metric) for m in runs.values()
+            ]
             vals = [scale * v for v in vals if v is not None]
             row.append((*_mean_std(vals), len(vals)) if vals else None)
         rows.append(row)
@@ -229,7 +254,9 @@ def to_latex(metric: str, columns: list[str], rows: list[list[Any]]) -> str:
         "method & " + " & ".join(esc(c) for c in columns) + r" \\",
         r"\midrule",
     ]
-    lines += [esc(r[0]) + " & " + " & ".join(_cell_text(c, fmt, r" $\pm$ ") for c in r[1:]) + r" \\" for r in rows]
+    lines += [
+        esc(r[0]) + " & " + " & ".join(_cell_text(c, fmt, r" $\pm$ ") for c in r[1:]) + r" \\" for r in rows
+    ]
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
 
@@ -260,7 +287,9 @@ def write_tables(config: BenchConfig, results: dict[str, Any]) -> None:
             if parts:
                 curves[label] = (torch.cat([p for p, _ in parts]), torch.cat([y for _, y in parts]))
         if curves:
-            plot_reliability(curves, out / f"reliability_{task.replace(':', '_')}.png", title=f"{task}, seeds pooled")
+            plot_reliability(
+                curves, out / f"reliability_{task.replace(':', '_')}.png", title=f"{task}, seeds pooled"
+            )
     first = next((m for per in results.values() for runs in per.values() for m in runs.values()), None)
     head = [
         "# Benchmark",
@@ -270,6 +299,8 @@ def write_tables(config: BenchConfig, results: dict[str, Any]) -> None:
         "(S for Bayesian methods, the members for an ensemble).",
     ]
     if first is not None:
-        head.append(f"Model `{first['model']}`, {first['train_steps']} training steps, test n ≤ {first['n_test']}.")
+        head.append(
+            f"Model `{first['model']}`, {first['train_steps']} training steps, test n ≤ {first['n_test']}."
+        )
     write_text(out / "summary.md", "\n".join([*head, "", *sections]))
     write_json(out / "results.json", results)

@@ -26,7 +26,11 @@ def temperature_nll(log_probs: torch.Tensor, labels: torch.Tensor, temperature: 
 
 
 def fit_temperature(
-    log_probs: torch.Tensor, labels: torch.Tensor, *, max_iter: int = 100, bounds: tuple[float, float] = (0.05, 20.0)
+    log_probs: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    max_iter: int = 100,
+    bounds: tuple[float, float] = (0.05, 20.0),
 ) -> float:
     """The temperature minimising the NLL of ``softmax(log_probs / T)`` on held-out ``labels``.
 
@@ -37,7 +41,9 @@ def fit_temperature(
         bounds: T is clamped into this range (an all-correct validation set would send T to 0).
     """
     if log_probs.ndim != 2 or labels.shape != log_probs.shape[:1]:
-        raise ValueError(f"expected log_probs [N, C] and labels [N], got {tuple(log_probs.shape)} and {tuple(labels.shape)}")
+        raise ValueError(
+            f"expected log_probs [N, C] and labels [N], got {tuple(log_probs.shape)} and {tuple(labels.shape)}"
+        )
     if log_probs.shape[0] == 0:
         raise ValueError("temperature scaling needs at least one validation example")
     lp = log_probs.detach().double()

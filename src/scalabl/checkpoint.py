@@ -35,7 +35,9 @@ def _adapter_keys(model: nn.Module) -> list[str]:
     return [k for k in model.state_dict() if "lora_" in k]
 
 
-def _flatten_optimizer(prefix: str, optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> dict:
+def _flatten_optimizer(
+    prefix: str, optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]
+) -> dict:
     state = optimizer.state_dict()
     layout: dict[str, Any] = {"param_groups": state["param_groups"], "state": {}}
     for idx, entry in state["state"].items():
@@ -72,7 +74,9 @@ def save_checkpoint(
     path = Path(folder) / CHECKPOINT_FILE
     full = model.state_dict()
     tensors = {f"model.{k}": full[k].detach().contiguous().cpu() for k in _adapter_keys(model)}
-    layouts = {name: _flatten_optimizer(f"optimizer.{name}", opt, tensors) for name, opt in optimizers.items()}
+    layouts = {
+        name: _flatten_optimizer(f"optimizer.{name}", opt, tensors) for name, opt in optimizers.items()
+    }
     tensors["rng.generator"] = generator.get_state()
     tensors["rng.torch"] = torch.get_rng_state()
     meta = {
@@ -126,7 +130,9 @@ def restore_checkpoint(
         for k, v in model_state.items():
             live[k].copy_(v)
     if set(meta["optimizers"]) != set(optimizers):
-        raise ValueError(f"{source}: checkpoint optimisers {sorted(meta['optimizers'])} != {sorted(optimizers)}")
+        raise ValueError(
+            f"{source}: checkpoint optimisers {sorted(meta['optimizers'])} != {sorted(optimizers)}"
+        )
     for name, opt in optimizers.items():
         opt.load_state_dict(_unflatten_optimizer(meta["optimizers"][name], tensors))
     scheduler.load_state_dict(meta["scheduler"])

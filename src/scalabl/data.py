@@ -242,7 +242,9 @@ def load_splits(
         spec = get_task(task)
         task_cap = spec.max_train
         if source == "hub":
-            return _cap_train(_hub_splits(spec, seed=seed, n_validation=n_validation, n_test=n_test), task_cap, max_train)
+            return _cap_train(
+                _hub_splits(spec, seed=seed, n_validation=n_validation, n_test=n_test), task_cap, max_train
+            )
         examples = load_examples(task)
         defaults = spec.split_sizes(len(examples))
     splits = split_examples(

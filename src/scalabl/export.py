@@ -23,7 +23,9 @@ PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_CONFIG = "adapter_config.json"
 
 
-def export_peft(blora: BayesianLoRA, out: str | Path, *, base_model: str, member: int | None = None) -> list[str]:
+def export_peft(
+    blora: BayesianLoRA, out: str | Path, *, base_model: str, member: int | None = None
+) -> list[str]:
     """Write ``out/adapter_model.safetensors`` + ``out/adapter_config.json`` (peft's format), atomically.
 
     Returns notes on what the export leaves out (empty when nothing is lost but the spread).
@@ -32,7 +34,9 @@ def export_peft(blora: BayesianLoRA, out: str | Path, *, base_model: str, member
     names = getattr(blora.method, "members", None)
     if names is not None:
         if member is None or not 0 <= member < len(names):
-            raise ValueError(f"member: an ensemble exports one member; choose --member in 0..{len(names) - 1}")
+            raise ValueError(
+                f"member: an ensemble exports one member; choose --member in 0..{len(names) - 1}"
+            )
         adapter = names[member]
     elif member is not None:
         raise ValueError(f"member: only an ensemble has members, this is {blora.config.method!r}")
@@ -49,14 +53,20 @@ def export_peft(blora: BayesianLoRA, out: str | Path, *, base_model: str, member
     config.base_model_name_or_path = base_model
     notes = []
     if blora.method.bayesian:
-        notes.append(f"{blora.config.method}: the posterior mean only (n_samples = 0); its spread is not exported")
+        notes.append(
+            f"{blora.config.method}: the posterior mean only (n_samples = 0); its spread is not exported"
+        )
     if blora.temperature is not None:
-        notes.append(f"temperature T = {blora.temperature:.4g} is not part of a peft adapter: divide log-probs by it")
+        notes.append(
+            f"temperature T = {blora.temperature:.4g} is not part of a peft adapter: divide log-probs by it"
+        )
     if names is not None:
         notes.append(f"ensemble: member {member} of {len(names)} only")
     with atomic_dir(out) as tmp:
         save_file(state, str(tmp / PEFT_WEIGHTS), metadata={"format": "pt"})
         config.save_pretrained(str(tmp))
         # peft writes its config; keep it as it is and leave a note of the provenance beside it
-        (tmp / "scalabl_export.json").write_text(json.dumps({"method": blora.config.to_dict(), "notes": notes}, indent=2))
+        (tmp / "scalabl_export.json").write_text(
+            json.dumps({"method": blora.config.to_dict(), "notes": notes}, indent=2)
+        )
     return notes

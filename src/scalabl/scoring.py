@@ -10,6 +10,11 @@ Two scoring modes:
 
 Posterior samples: one noise row is drawn per example and re-indexed together with the cache, so
 the prompt and all of its choices see the same model sample.
+
+``reuse_prompt=False`` scores continuations without a cache: one forward over ``prompt + choice``
+per (example, choice) row, the noise row of the example repeated for each of its choices. It costs
+more (the prompt runs once per choice) but needs no KV cache, which gradient checkpointing
+forbids; it gives the same logits as the cached path (tested).
 """
 
 from __future__ import annotations
@@ -72,12 +77,14 @@ class Scorer:
         length_norm: bool = False,
         max_length: int | None = None,
         truncation: str = "left",
+        reuse_prompt: bool = True,
     ) -> None:
         if mode not in SCORING_MODES:
             raise ValueError(f"scoring: {mode!r} not in {SCORING_MODES}")
         if truncation not in TRUNCATION_MODES:
             raise ValueError(f"truncation: {truncation!r} not in {TRUNCATION_MODES}")
         self.truncation = truncation
+        self.reuse_prompt = reuse_prompt
         self.tokenizer = tokenizer
         self.mode = mode
         self.length_norm = length_norm
@@ -152,11 +159,14 @@ class Scorer:
         *,
         sample: bool = True,
         generator: torch.Generator | None = None,
+        keep_noise: bool = False,
     ) -> torch.Tensor:
         """Class logits for a batch, float32 ``[B, C_max]``, differentiable.
 
         ``sample=True`` draws one posterior sample per example (a no-op for deterministic
-        methods); ``sample=False`` uses the posterior mean.
+        methods); ``sample=False`` uses the posterior mean. ``keep_noise=True`` leaves the drawn
+        noise on the modules (the caller clears it, with :func:`scalabl.methods.base.clear_noise`):
+        a backward pass that recomputes the forward (gradient checkpointing) must see the same sample.
         """
         encoded = [self.encode(e) for e in examples]
         device = next(model.parameters()).device
@@ -166,9 +176,12 @@ class Scorer:
             try:
                 if self.mode == "letter":
                     return self._letter_logits(model, encoded, device)
+                if not self.reuse_prompt:
+                    return self._full_continuation_logits(model, encoded, device)
                 return self._continuation_logits(model, encoded, device)
             finally:
-                clear_noise(model)
+                if not keep_noise:
+                    clear_noise(model)
 
     def _prompt_pass(self, model: nn.Module, encoded: list[Encoded], device: torch.device, use_cache: bool):
         """Left-padded prompts through the model; returns last-position log-probs, mask and cache."""
@@ -203,7 +216,6 @@ class Scorer:
     def _continuation_logits(
         self, model: nn.Module, encoded: list[Encoded], device: torch.device
     ) -> torch.Tensor:
-        c_max = max(e.n_choices for e in encoded)
         longest = max(len(c) for e in encoded for c in e.choices)
         last, prompt_mask, cache = self._prompt_pass(model, encoded, device, use_cache=longest > 1)
 
@@ -238,11 +250,52 @@ class Scorer:
             )
             lp = torch.log_softmax(out.logits.float(), dim=-1)
             token_lp.append(lp.gather(-1, targets[:, 1:, None]).squeeze(-1))
-        token_lp_all = torch.cat(token_lp, dim=1).masked_fill(~target_mask, 0.0)
-        scores = token_lp_all.sum(-1)
+        return self._choice_logits(encoded, index, torch.cat(token_lp, dim=1), target_mask)
+
+    def _choice_logits(
+        self, encoded: list[Encoded], index: torch.Tensor, token_lp: torch.Tensor, target_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Per-row token log-probs ``[rows, T]`` -> class logits ``[B, C_max]`` (row r is example index[r])."""
+        scores = token_lp.masked_fill(~target_mask, 0.0).sum(-1)
         if self.length_norm:
             scores = scores / target_mask.sum(-1)
-
-        logits = torch.full((len(encoded), c_max), float("-inf"), device=device)
-        choice_pos = torch.tensor([j for e in encoded for j in range(e.n_choices)], device=device)
+        c_max = max(e.n_choices for e in encoded)
+        logits = torch.full((len(encoded), c_max), float("-inf"), device=token_lp.device)
+        choice_pos = torch.tensor([j for e in encoded for j in range(e.n_choices)], device=token_lp.device)
         return logits.index_put((index, choice_pos), scores)
+
+    def _full_continuation_logits(
+        self, model: nn.Module, encoded: list[Encoded], device: torch.device
+    ) -> torch.Tensor:
+        """Continuation scores with no cache: one left-padded ``prompt + choice[:-1]`` row per choice."""
+        rows = [(i, e.prompt, c) for i, e in enumerate(encoded) for c in e.choices]
+        longest = max(len(c) for _, _, c in rows)
+        width = max(len(p) + len(c) - 1 for _, p, c in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        # Targets right-aligned: the last len(c) positions predict the choice's tokens.
+        targets = torch.full((len(rows), longest), self.pad_id, dtype=torch.long)
+        target_mask = torch.zeros((len(rows), longest), dtype=torch.bool)
+        for r, (_, prompt, choice) in enumerate(rows):
+            seq = prompt + choice[:-1]
+            ids[r, width - len(seq) :] = torch.tensor(seq)
+            mask[r, width - len(seq) :] = 1
+            targets[r, longest - len(choice) :] = torch.tensor(choice)
+            target_mask[r, longest - len(choice) :] = True
+        ids, mask, targets, target_mask = (
+            ids.to(device),
+            mask.to(device),
+            targets.to(device),
+            target_mask.to(device),
+        )
+        index = torch.tensor([i for i, _, _ in rows], device=device)
+        select_noise(model, index)  # every choice row sees its example's sample
+        out = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+            use_cache=False,
+            logits_to_keep=longest,
+        )
+        lp = torch.log_softmax(out.logits.float(), dim=-1)
+        return self._choice_logits(encoded, index, lp.gather(-1, targets[..., None]).squeeze(-1), target_mask)

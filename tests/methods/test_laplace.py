@@ -96,6 +96,9 @@ def test_diag_save_load_and_sampling_before_calibrate(tmp_path):
     blora = fitted(laplace_hessian="diag", laplace_predictive="mc")
     blora.save(tmp_path)
     loaded = BayesianLoRA.load(tmp_path, make_tiny_llama(), make_byte_tokenizer())
-    assert torch.equal(loaded.predict_log_proba(TEST, n_samples=3, seed=4), blora.predict_log_proba(TEST, n_samples=3, seed=4))
+    assert torch.equal(
+        loaded.predict_log_proba(TEST, n_samples=3, seed=4),
+        blora.predict_log_proba(TEST, n_samples=3, seed=4),
+    )
     with pytest.raises(ValueError, match="no posterior fitted yet"):
         fitted(calibrate=False).predict_log_proba(TEST, n_samples=2)

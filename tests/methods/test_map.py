@@ -15,7 +15,9 @@ def lora_norm(blora: BayesianLoRA) -> float:
 
 
 def test_penalty_is_the_negative_log_prior_up_to_a_constant():
-    blora = BayesianLoRA(make_tiny_llama(), make_byte_tokenizer(), MethodConfig(method="map", rank=4, prior_std=0.5))
+    blora = BayesianLoRA(
+        make_tiny_llama(), make_byte_tokenizer(), MethodConfig(method="map", rank=4, prior_std=0.5)
+    )
     params = [p.detach() for n, p in blora.model.named_parameters() if "lora_" in n]
     penalty = blora.method.penalty(blora.model)()
     prior = Normal(0.0, 0.5)
@@ -29,7 +31,10 @@ def test_map_shrinks_the_adapter_relative_to_mle():
     norms = {}
     for method in ("mle", "map"):
         blora = BayesianLoRA(
-            make_tiny_llama(), make_byte_tokenizer(), MethodConfig(method=method, rank=4, prior_std=0.02), seed=0
+            make_tiny_llama(),
+            make_byte_tokenizer(),
+            MethodConfig(method=method, rank=4, prior_std=0.02),
+            seed=0,
         )
         history = blora.fit(train, steps=6, batch_size=4, lr=1e-2, log_every=1, progress=False)
         norms[method] = lora_norm(blora)

@@ -32,7 +32,9 @@ def test_mask_rate_and_inverted_scaling():
 
 
 def test_zero_samples_is_the_deterministic_lora_and_seeds_matter():
-    blora = BayesianLoRA(make_tiny_llama(), make_byte_tokenizer(), MethodConfig(method="mcdropout", rank=4, dropout=0.5))
+    blora = BayesianLoRA(
+        make_tiny_llama(), make_byte_tokenizer(), MethodConfig(method="mcdropout", rank=4, dropout=0.5)
+    )
     examples = toy_examples(6)
     blora.fit(examples, steps=3, batch_size=3, lr=1e-2, progress=False)
     with torch.no_grad():

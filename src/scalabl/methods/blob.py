@@ -78,6 +78,10 @@ class BLoB(Method):
         replace_lora_a(
             model,
             lambda lora_a: BlobA.from_lora_weight(
-                lora_a.weight, c.sigma_init, prior_std=self.prior_std, kl_direction=c.kl_direction, noise=c.noise
+                lora_a.weight,
+                c.sigma_init,
+                prior_std=self.prior_std,
+                kl_direction=c.kl_direction,
+                noise=c.noise,
             ),
         )

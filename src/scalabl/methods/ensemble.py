@@ -107,7 +107,13 @@ class Ensemble(Method):
                 model.set_adapter(name)
                 samples.append(
                     predict_log_proba(
-                        model, scorer, examples, n_samples=0, batch_size=batch_size, seed=seed, progress=progress
+                        model,
+                        scorer,
+                        examples,
+                        n_samples=0,
+                        batch_size=batch_size,
+                        seed=seed,
+                        progress=progress,
                     )
                 )
         finally:
@@ -134,7 +140,9 @@ class Ensemble(Method):
             result = set_peft_model_state_dict(model, member, adapter_name=name)
             missing = [k for k in result.missing_keys if "lora_" in k and f".{name}." in k]
             if missing:
-                raise ValueError(f"{source}: member {name} is missing {len(missing)} tensors, e.g. {missing[0]}")
+                raise ValueError(
+                    f"{source}: member {name} is missing {len(missing)} tensors, e.g. {missing[0]}"
+                )
         model.set_adapter(self.members[0])
 
     def extra_parameters(self, model: nn.Module) -> int:

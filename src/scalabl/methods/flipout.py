@@ -60,7 +60,9 @@ class FlipoutGaussianA(BayesianModule):
         if self.noise_mode == "shared":
             self._sign_in = self._sign_out = None
             return
-        signs = torch.randint(0, 2, (n_rows, self.in_features + self.rank), generator=generator, device=device)
+        signs = torch.randint(
+            0, 2, (n_rows, self.in_features + self.rank), generator=generator, device=device
+        )
         signs = (2 * signs - 1).to(self.weight.device, torch.float32)
         self._sign_in, self._sign_out = signs[:, : self.in_features], signs[:, self.in_features :]
 

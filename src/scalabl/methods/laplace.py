@@ -57,7 +57,9 @@ _HESSIAN_CLASSES = {"kron": "KronLaplace", "diag": "DiagLaplace"}
 class ExampleClassifier(nn.Module):
     """A classifier for laplace-torch: a LongTensor of indices into ``examples`` -> class logits ``[B, C]``."""
 
-    def __init__(self, model: nn.Module, scorer: Scorer | None, examples: Sequence[Example], n_classes: int) -> None:
+    def __init__(
+        self, model: nn.Module, scorer: Scorer | None, examples: Sequence[Example], n_classes: int
+    ) -> None:
         super().__init__()
         self.model = model
         self.scorer = scorer
@@ -121,7 +123,9 @@ class LaplaceLoRA(Method):
             for n, p in model.named_parameters():
                 p.requires_grad_(before[n])
 
-    def _new_laplace(self, model: nn.Module, scorer: Scorer | None, examples: Sequence[Example], n_classes: int):
+    def _new_laplace(
+        self, model: nn.Module, scorer: Scorer | None, examples: Sequence[Example], n_classes: int
+    ):
         laplace = _import_laplace()
         self.classifier = ExampleClassifier(model, scorer, examples, n_classes)
         return laplace.Laplace(
@@ -266,7 +270,9 @@ class LaplaceLoRA(Method):
 
     def load_adapter_state(self, model: PeftModel, state: dict[str, torch.Tensor], source: str) -> None:
         ours = {k[len(PREFIX) :]: v for k, v in state.items() if k.startswith(PREFIX)}
-        super().load_adapter_state(model, {k: v for k, v in state.items() if not k.startswith(PREFIX)}, source)
+        super().load_adapter_state(
+            model, {k: v for k, v in state.items() if not k.startswith(PREFIX)}, source
+        )
         if not ours:
             return  # saved before calibrate(): the MAP only
         if "mean" not in ours:

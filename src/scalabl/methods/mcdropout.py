@@ -1,9 +1,12 @@
 """MC dropout (Gal & Ghahramani, ICML 2016) on LoRA: dropout on the adapter input stays on at test
 time and S stochastic passes are averaged.
 
-The dropout lives in the ``A`` module (not in peft's ``lora_dropout``) so that its masks are drawn
-from the prediction's seeded generator: the same seed gives the same S masks, and one mask
-stream serves a prompt and its answer choices. Default rate 0.1 (LoRA's usual dropout).
+The dropout lives in the ``A`` module (not in peft's ``lora_dropout``) so that its masks at
+prediction are drawn from the prediction's seeded generator: the same seed gives the same S masks,
+and one mask stream serves a prompt and its answer choices. In training (``module.training``) the
+masks come from torch's global RNG, as plain dropout's do: gradient checkpointing saves and
+restores that RNG around the recomputed forward, so the recomputed masks equal the first ones.
+Default rate 0.1 (LoRA's usual dropout).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ class DropoutA(nn.Linear, BayesianModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.sampling and self.p > 0:
-            if self._generator is None:
+            if self._generator is None or self.training:
                 x = F.dropout(x, self.p, training=True)
             else:
                 keep = torch.rand(x.shape, generator=self._generator, device=x.device) >= self.p

@@ -167,7 +167,11 @@ class ScalaBL(Method):
         replace_lora_a(
             model,
             lambda lora_a: SubspaceA.from_lora_weight(
-                lora_a.weight, c.sigma_init, prior_std=self.prior_std, kl_direction=c.kl_direction, noise=c.noise
+                lora_a.weight,
+                c.sigma_init,
+                prior_std=self.prior_std,
+                kl_direction=c.kl_direction,
+                noise=c.noise,
             ),
         )
 

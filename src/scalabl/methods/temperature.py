@@ -12,6 +12,8 @@ from scalabl.methods.mle import MLE
 
 class Temperature(MLE):
     name = "temperature"
-    description = "plain LoRA + a temperature fitted by LBFGS on the validation split (any method: --temperature)"
+    description = (
+        "plain LoRA + a temperature fitted by LBFGS on the validation split (any method: --temperature)"
+    )
     reference = "Guo et al., ICML 2017, arXiv:1706.04599"
     temperature_scaled = True

@@ -87,7 +87,9 @@ def _tfb_modules(model: nn.Module) -> list[tuple[nn.Module, str, TFBA]]:
 
 class TFB(Method):
     name = "tfb"
-    description = "Training-free Bayesianization: MLE LoRA, then std beta/S_i on A after an SVD of B; beta by search"
+    description = (
+        "Training-free Bayesianization: MLE LoRA, then std beta/S_i on A after an SVD of B; beta by search"
+    )
     reference = "Shi et al., 2025, arXiv:2412.05723"
     bayesian = True
 
