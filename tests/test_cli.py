@@ -382,3 +382,16 @@ def test_evaluate_with_shifted_tasks(cli_run, capsys):
     report = (out / "report.md").read_text()
     assert "Selective prediction" in report and "Distribution shift" in report
     assert (out / "selective.png").stat().st_size > 1000
+
+
+def test_evaluate_sampling_only_the_last_layer(cli_run):
+    if cli_run["method"] != "scalabl":
+        pytest.skip("sampling a subset needs a Bayesian method")
+    out = cli_run["out"]
+    argv = ["evaluate", str(out), "--n-samples", "2", "--max-test", "4", "--quiet"]
+    assert run([*argv, "--sample-modules", "last:1"]) == 0
+    subset = json.loads((out / "metrics.json").read_text())["eval"]["S=2"]
+    assert run(argv) == 0
+    full = json.loads((out / "metrics.json").read_text())["eval"]["S=2"]
+    assert 0.0 <= subset["acc"] <= 1.0 and subset["nll"] != full["nll"]  # fewer modules sampled
+    assert run([*argv, "--sample-modules", "first:1"]) == 2

@@ -203,6 +203,7 @@ class BayesianLoRA:
         progress: bool = False,
         batch_samples: bool = False,
         return_samples: bool = False,
+        sample_modules: str = "all",
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Predictive log-probabilities ``[N, C_max]`` (float64); ``n_samples=0`` = posterior mean.
 
@@ -210,6 +211,9 @@ class BayesianLoRA:
         K members. ``batch_samples=True`` runs the S samples as one forward of S x batch sequences
         (see :func:`scalabl.predict.predict_log_proba`). A fitted temperature is applied to the
         model average. ``return_samples=True`` also returns the per-sample log-probs ``[S, N, C]``.
+        ``sample_modules`` (``"all"``, ``"lm_head"``, ``"last:K"``) samples only those modules, the
+        rest at the posterior mean; with ``batch_samples`` the network before them runs once
+        (see :mod:`scalabl.subset`).
         """
         if n_samples < 0:
             raise ValueError(f"n_samples: must be >= 0 (0 = posterior mean), got {n_samples}")
@@ -222,6 +226,7 @@ class BayesianLoRA:
             seed=seed,
             progress=progress,
             batch_samples=batch_samples,
+            sample_modules=sample_modules,
         )
         log_probs = bayesian_model_average(samples)
         if self.temperature is not None:

@@ -56,7 +56,12 @@ METRICS: dict[str, tuple[str, float, str]] = {
 
 # Run-config fields added after cells were first run: left out of a cell's hash while at their
 # default, so that adding an option does not orphan the cells already computed.
-HASH_OMIT_AT_DEFAULT: dict[str, Any] = {"quant": None, "device": "auto", "gradient_checkpointing": False}
+HASH_OMIT_AT_DEFAULT: dict[str, Any] = {
+    "quant": None,
+    "device": "auto",
+    "gradient_checkpointing": False,
+    "sample_modules": "all",
+}
 
 
 @dataclass

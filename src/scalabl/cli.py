@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from scalabl import distributed
 from scalabl.choices import (
     EMBEDDED_MODEL,
     KL_DIRECTIONS,
@@ -58,6 +59,13 @@ OPTIONS: list[tuple[str, str, str, Any, str]] = [
     ),
     ("--max-validation", "run", "max_validation", int, "post-hoc fitting on the first N validation examples"),
     ("--eval-batch-size", "run", "eval_batch_size", int, "examples per evaluation batch"),
+    (
+        "--sample-modules",
+        "run",
+        "sample_modules",
+        str,
+        "posterior samples of: all (default), lm_head, or last:K layers (the rest at the mean, run once)",
+    ),
     (
         "--from-run",
         "run",
@@ -215,8 +223,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
-    print(comparison_table({config.method.method: metrics}))
-    print(f"\nrun folder: {out}  (report.md, metrics.json, adapter.safetensors, reliability.png)")
+    if distributed.is_main():  # every process of a data-parallel run has the same table
+        print(comparison_table({config.method.method: metrics}))
+        print(f"\nrun folder: {out}  (report.md, metrics.json, adapter.safetensors, reliability.png)")
     return 0
 
 
@@ -224,7 +233,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from scalabl.runs import comparison_table, evaluate_run, ood_section
 
     metrics = evaluate_run(
-        args.run_dir, n_samples=args.n_samples, max_test=args.max_test, ood=args.ood, progress=not args.quiet
+        args.run_dir,
+        n_samples=args.n_samples,
+        max_test=args.max_test,
+        ood=args.ood,
+        sample_modules=args.sample_modules,
+        progress=not args.quiet,
     )
     print(comparison_table({metrics["method"]: metrics}))
     print("\n".join(ood_section({metrics["method"]: metrics})))
@@ -337,6 +351,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="shifted tasks to evaluate too, e.g. arc_c,arc_e,mmlu_chemistry",
     )
+    p.add_argument(
+        "--sample-modules",
+        default=None,
+        help="posterior samples of: all, lm_head, or last:K layers (fast path)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)
 
@@ -418,6 +437,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
     )
     try:
+        distributed.init()  # under `accelerate launch`: join the process group (no-op otherwise)
+        if not distributed.is_main() and hasattr(args, "quiet"):
+            args.quiet = True  # one progress bar per run, from the main process
         return args.func(args)
     except (ValueError, OSError, ImportError) as err:  # bad input, files, a missing data package
         print(f"error: {err}", file=sys.stderr)

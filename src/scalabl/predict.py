@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from scalabl.data import Example
 from scalabl.methods.base import bayesian_modules
 from scalabl.scoring import Scorer
+from scalabl.subset import select_subset
 
 
 def bayesian_model_average(sample_log_probs: torch.Tensor) -> torch.Tensor:
@@ -40,12 +41,18 @@ def predict_log_proba(
     progress: bool = False,
     return_samples: bool = False,
     batch_samples: bool = False,
+    sample_modules: str = "all",
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Predictive log-probabilities ``[N, C_max]`` (float64; ``-inf`` for absent choices).
 
     ``batch_samples=True`` runs the S samples of a batch as one forward of S x B sequences (each
     copy gets its own per-sequence noise); the default runs S forwards of B sequences. With
     ``noise="shared"`` (one draw per forward) samples always run one forward each.
+
+    ``sample_modules`` (``"all"``, ``"lm_head"``, ``"last:K"``; see :mod:`scalabl.subset`) samples
+    only some modules, the rest at their posterior mean. Then ``batch_samples=True`` runs the
+    network before the first sampled module once and branches into S copies there; the plain loop
+    gives the same probabilities for the same seed.
 
     With ``return_samples=True`` also returns the per-sample log-probs ``[max(S, 1), N, C_max]``.
     """
@@ -55,6 +62,12 @@ def predict_log_proba(
         raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
     was_training = model.training
     model.eval()
+    subset = select_subset(model, sample_modules) if sample_modules != "all" and n_samples > 0 else None
+    if subset is not None and not subset.stackable:
+        raise ValueError(
+            f"sample_modules={sample_modules!r} needs modules with independent per-sequence noise "
+            "(scalabl with noise='sequence'); this model's sampled modules draw otherwise: use 'all'"
+        )
     generator = torch.Generator().manual_seed(seed)
     c_max = max(len(e.choices) for e in examples)
     chunks: list[torch.Tensor] = []
@@ -63,6 +76,17 @@ def predict_log_proba(
         batch = examples[start : start + batch_size]
         if n_samples == 0:
             logits = scorer.class_logits(model, batch, sample=False)[None]
+        elif subset is not None and batch_samples:
+            # one pass up to the subset, S copies from there on
+            logits = scorer.class_logits(model, batch, subset=subset, copies=n_samples, generator=generator)
+            logits = logits.view(n_samples, len(batch), -1)
+        elif subset is not None:
+            logits = torch.stack(
+                [
+                    scorer.class_logits(model, batch, subset=subset, generator=generator)
+                    for _ in range(n_samples)
+                ]
+            )
         elif batch_samples and not _shared_noise(model):
             # S copies of the batch in one forward: per-sequence noise makes each copy its own sample.
             logits = scorer.class_logits(model, list(batch) * n_samples, sample=True, generator=generator)

@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from scalabl import __version__
+from scalabl import __version__, distributed
 from scalabl.api import BayesianLoRA
 from scalabl.choices import QUANT_MODES, TRUNCATION_MODES
 from scalabl.config import check_fields
@@ -35,6 +37,7 @@ from scalabl.metrics import compute_metrics, mutual_information, ood_auroc
 from scalabl.models import EMBEDDED_MODEL, load_model, parse_dtype
 from scalabl.report import markdown_table, plot_reliability, plot_risk_coverage, plot_training_curves
 from scalabl.scoring import SCORING_MODES
+from scalabl.subset import parse_subset
 from scalabl.tasks import MMLU_PREFIX, TASK_NAMES
 from scalabl.train import TrainConfig
 
@@ -75,6 +78,7 @@ class RunConfig:
     truncation: str = "left"  # prompts longer than the context: "left" (cut, warn) or "error"
     n_samples: tuple[int, ...] = (10, 0)
     eval_batch_size: int = 8
+    sample_modules: str = "all"  # posterior samples of "all" modules, "lm_head" or "last:K" (fast path)
     ood: tuple[str, ...] = ()  # shifted tasks evaluated beside the test split (OOD protocol)
     from_run: str | None = None  # start from this run's plain-LoRA adapter and skip training (post hoc)
     method: MethodConfig = field(default_factory=MethodConfig)
@@ -113,6 +117,7 @@ class RunConfig:
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ValueError(f"{name}: must be >= 1 or unset, got {v}")
+        parse_subset(self.sample_modules)
         if self.eval_batch_size < 1:
             raise ValueError(f"eval_batch_size: must be >= 1, got {self.eval_batch_size}")
 
@@ -168,15 +173,25 @@ def _check_free_space(out: Path, blora: BayesianLoRA) -> None:
 
 
 def _predict(blora: BayesianLoRA, examples, s: int, config: RunConfig, progress: bool):
-    return blora.predict_log_proba(
-        examples,
+    """(log-probs [N, C], per-sample log-probs [S, N, C]); data parallel: each process predicts
+    every world-th example and all processes gather the whole."""
+    mine = distributed.shard(examples)
+    log_probs, samples = blora.predict_log_proba(
+        mine,
         s,
         batch_size=config.eval_batch_size,
         seed=config.train.seed,
         progress=progress,
         return_samples=True,
         batch_samples=True,  # S copies per forward: ~5% faster on CPU, same distribution
+        sample_modules=config.sample_modules,
     )
+    if distributed.world() == 1:
+        return log_probs, samples
+    c_max = max(len(e.choices) for e in examples)  # shards may hold fewer choices: pad with -inf
+    log_probs = F.pad(log_probs, (0, c_max - log_probs.shape[-1]), value=float("-inf"))
+    samples = F.pad(samples, (0, c_max - samples.shape[-1]), value=float("-inf"))
+    return distributed.unshard(log_probs, len(examples)), distributed.unshard(samples, len(examples), dim=1)
 
 
 def evaluate_model(
@@ -244,6 +259,7 @@ def _run_facts(config: RunConfig, blora: BayesianLoRA, n_train: int) -> dict[str
         "extra_parameters": blora.extra_parameters,
         "train_steps": 0 if config.from_run else config.train.steps,
         "from_run": config.from_run,
+        "processes": distributed.world(),  # data-parallel processes (1: a plain run)
     }
 
 
@@ -255,7 +271,13 @@ def train_run(
     Training checkpoints into ``out/checkpoint`` (every ``config.train.checkpoint_every`` steps and
     at the end); ``resume=True`` continues from there (see :func:`resume_run`).
     """
-    out = Path(out)
+    out = checkpoint_home = Path(out)
+    scratch = None
+    if not distributed.is_main():
+        # Other processes of a data-parallel run do the same work; the main process writes the run
+        # folder, they write their copies to a scratch folder (and read checkpoints from the real one).
+        scratch = tempfile.TemporaryDirectory(prefix=f"scalabl-rank{distributed.rank()}-")
+        out = Path(scratch.name)
     _check_writable(out)  # before the (possibly long) model load
     splits = config.splits()
     model, tokenizer = _load_base(config)
@@ -286,7 +308,7 @@ def train_run(
         blora.fit(
             splits.train,
             config.train,
-            checkpoint_dir=out / CHECKPOINT_DIR,
+            checkpoint_dir=checkpoint_home / CHECKPOINT_DIR,
             resume=resume,
             progress=progress,
             on_log=log_line,
@@ -318,6 +340,9 @@ def train_run(
     metrics.update(evaluate_model(blora, config, out, progress=progress))
     write_json(out / "metrics.json", metrics)
     write_run_report(out)
+    distributed.barrier()  # the main process's files are complete before any process returns
+    if scratch is not None:
+        scratch.cleanup()
     return metrics
 
 
@@ -358,12 +383,19 @@ def evaluate_run(
     n_samples: tuple[int, ...] | None = None,
     max_test: int | None = None,
     ood: tuple[str, ...] | None = None,
+    sample_modules: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Re-evaluate a run folder's adapter; rewrites metrics.json (keeping training figures) and the report."""
     run_dir = Path(run_dir)
     config, blora = load_run(run_dir)
-    changes = {k: v for k, v in (("n_samples", n_samples), ("max_test", max_test), ("ood", ood)) if v}
+    given = (
+        ("n_samples", n_samples),
+        ("max_test", max_test),
+        ("ood", ood),
+        ("sample_modules", sample_modules),
+    )
+    changes = {k: v for k, v in given if v}
     config = replace(config, **changes)
     path = run_dir / "metrics.json"
     metrics = json.loads(path.read_text()) if path.is_file() else {}

@@ -32,6 +32,14 @@ from transformers import PreTrainedTokenizerBase
 from scalabl.choices import SCORING_MODES, TRUNCATION_MODES
 from scalabl.data import Example
 from scalabl.methods.base import clear_noise, draw_noise, sampling, select_noise
+from scalabl.subset import (
+    Branch,
+    Subset,
+    branch_into_copies,
+    draw_stacked_noise,
+    sample_only,
+    select_cache_rows,
+)
 
 LETTERS = string.ascii_uppercase
 log = logging.getLogger(__name__)
@@ -160,6 +168,9 @@ class Scorer:
         sample: bool = True,
         generator: torch.Generator | None = None,
         keep_noise: bool = False,
+        subset: Subset | None = None,
+        copies: int = 1,
+        rows_of: tuple[int, Sequence[int]] | None = None,
     ) -> torch.Tensor:
         """Class logits for a batch, float32 ``[B, C_max]``, differentiable.
 
@@ -167,23 +178,55 @@ class Scorer:
         methods); ``sample=False`` uses the posterior mean. ``keep_noise=True`` leaves the drawn
         noise on the modules (the caller clears it, with :func:`scalabl.methods.base.clear_noise`):
         a backward pass that recomputes the forward (gradient checkpointing) must see the same sample.
+
+        ``subset`` (see :mod:`scalabl.subset`) with ``copies=S``: S samples of only the subset's
+        modules, the network before the subset run once; returns ``[S * B, C_max]``, sample-major.
+
+        ``rows_of=(n, rows)``: the examples are rows ``rows`` of a batch of n (data parallelism);
+        they get the noise that drawing for the whole batch gives those rows.
         """
         encoded = [self.encode(e) for e in examples]
         device = next(model.parameters()).device
+        if subset is not None:
+            branch = Branch(subset, copies)
+            with sample_only(model, subset), branch_into_copies(model, branch):
+                draw_stacked_noise(model, subset, len(encoded), copies, generator)
+                try:
+                    return self._logits(model, encoded, device, branch)
+                finally:
+                    clear_noise(model)
         with sampling(model, sample):
-            if sample:
+            if sample and rows_of is not None and rows_of[0] != len(encoded):
+                draw_noise(model, rows_of[0], generator)
+                select_noise(model, torch.tensor(list(rows_of[1]), device=device))
+            elif sample:
                 draw_noise(model, len(encoded), generator)
             try:
-                if self.mode == "letter":
-                    return self._letter_logits(model, encoded, device)
-                if not self.reuse_prompt:
-                    return self._full_continuation_logits(model, encoded, device)
-                return self._continuation_logits(model, encoded, device)
+                return self._logits(model, encoded, device, None)
             finally:
                 if not keep_noise:
                     clear_noise(model)
 
-    def _prompt_pass(self, model: nn.Module, encoded: list[Encoded], device: torch.device, use_cache: bool):
+    def _logits(self, model: nn.Module, encoded: list[Encoded], device: torch.device, branch: Branch | None):
+        if self.mode == "letter":
+            return self._letter_logits(model, encoded, device, branch)
+        if not self.reuse_prompt:
+            return self._full_continuation_logits(model, encoded, device, branch)
+        return self._continuation_logits(model, encoded, device, branch)
+
+    def _forward(self, model: nn.Module, branch: Branch | None, input_ids: torch.Tensor, **kwargs):
+        if branch is not None:
+            branch.rows = input_ids.shape[0]  # the rows entering; the branch point repeats them
+        return model(input_ids=input_ids, **kwargs)
+
+    def _prompt_pass(
+        self,
+        model: nn.Module,
+        encoded: list[Encoded],
+        device: torch.device,
+        use_cache: bool,
+        branch: Branch | None,
+    ):
         """Left-padded prompts through the model; returns last-position log-probs, mask and cache."""
         width = max(len(e.prompt) for e in encoded)
         ids = torch.full((len(encoded), width), self.pad_id, dtype=torch.long)
@@ -193,8 +236,10 @@ class Scorer:
             mask[i, width - len(e.prompt) :] = 1
         ids, mask = ids.to(device), mask.to(device)
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = model(
-            input_ids=ids,
+        out = self._forward(
+            model,
+            branch,
+            ids,
             attention_mask=mask,
             position_ids=position_ids,
             use_cache=use_cache,
@@ -203,10 +248,14 @@ class Scorer:
         last = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
         return last, mask, _output_cache(out)
 
-    def _letter_logits(self, model: nn.Module, encoded: list[Encoded], device: torch.device) -> torch.Tensor:
+    def _letter_logits(
+        self, model: nn.Module, encoded: list[Encoded], device: torch.device, branch: Branch | None
+    ) -> torch.Tensor:
+        copies = branch.copies if branch is not None else 1
+        encoded = encoded * copies  # under a branch: one block of rows per sample
         c_max = max(e.n_choices for e in encoded)
         # Next-token log-probs at the letters; a softmax over them gives the class probabilities.
-        last, _, _ = self._prompt_pass(model, encoded, device, use_cache=False)
+        last, _, _ = self._prompt_pass(model, encoded[: len(encoded) // copies], device, False, branch)
         letter_ids = torch.tensor(self.letter_token_ids(c_max), device=device)
         logits = last[:, letter_ids]
         n = torch.tensor([e.n_choices for e in encoded], device=device)
@@ -214,10 +263,12 @@ class Scorer:
         return logits.masked_fill(missing, float("-inf"))
 
     def _continuation_logits(
-        self, model: nn.Module, encoded: list[Encoded], device: torch.device
+        self, model: nn.Module, encoded: list[Encoded], device: torch.device, branch: Branch | None
     ) -> torch.Tensor:
         longest = max(len(c) for e in encoded for c in e.choices)
-        last, prompt_mask, cache = self._prompt_pass(model, encoded, device, use_cache=longest > 1)
+        last, prompt_mask, cache = self._prompt_pass(model, encoded, device, longest > 1, branch)
+        if branch is not None:  # S blocks of examples, sample-major, as the branched rows are
+            encoded = encoded * branch.copies
 
         # One row per (example, choice); row r belongs to example row_ex[r].
         row_ex = [i for i, e in enumerate(encoded) for _ in e.choices]
@@ -234,15 +285,19 @@ class Scorer:
         # The first choice token is predicted by the prompt's last position.
         token_lp = [last[index].gather(-1, targets[:, :1])]
         if longest > 1:
-            cache.batch_select_indices(index)
+            select_cache_rows(cache, index, branch)
             select_noise(model, index)
-            inputs = targets[:, :-1]
-            in_mask = target_mask[:, :-1].long()
-            mask = torch.cat([prompt_mask[index], in_mask], dim=1)
-            start = prompt_mask.sum(-1)[index]
+            # Under a branch, the first block of rows enters; the branch point repeats it.
+            first = index if branch is None else branch.block(index)
+            inputs = targets[: len(first), :-1]
+            in_mask = target_mask[: len(first), :-1].long()
+            mask = torch.cat([prompt_mask[first], in_mask], dim=1)
+            start = prompt_mask.sum(-1)[first]
             position_ids = start[:, None] + torch.arange(longest - 1, device=device)[None, :]
-            out = model(
-                input_ids=inputs,
+            out = self._forward(
+                model,
+                branch,
+                inputs,
                 attention_mask=mask,
                 position_ids=position_ids,
                 use_cache=True,
@@ -265,7 +320,7 @@ class Scorer:
         return logits.index_put((index, choice_pos), scores)
 
     def _full_continuation_logits(
-        self, model: nn.Module, encoded: list[Encoded], device: torch.device
+        self, model: nn.Module, encoded: list[Encoded], device: torch.device, branch: Branch | None
     ) -> torch.Tensor:
         """Continuation scores with no cache: one left-padded ``prompt + choice[:-1]`` row per choice."""
         rows = [(i, e.prompt, c) for i, e in enumerate(encoded) for c in e.choices]
@@ -289,9 +344,15 @@ class Scorer:
             target_mask.to(device),
         )
         index = torch.tensor([i for i, _, _ in rows], device=device)
+        if branch is not None:  # S blocks of rows, sample-major, as the branched rows are
+            index = branch.expand(index, len(encoded))
+            encoded = encoded * branch.copies
+            targets, target_mask = targets.repeat(branch.copies, 1), target_mask.repeat(branch.copies, 1)
         select_noise(model, index)  # every choice row sees its example's sample
-        out = model(
-            input_ids=ids,
+        out = self._forward(
+            model,
+            branch,
+            ids,
             attention_mask=mask,
             position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
             use_cache=False,

@@ -25,6 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from scalabl import distributed
 from scalabl.checkpoint import CHECKPOINT_FILE, read_checkpoint, restore_checkpoint, save_checkpoint
 from scalabl.choices import RECIPES
 from scalabl.config import check_fields
@@ -197,13 +198,22 @@ def fit(
         nll_sum = 0.0
         for _ in range(config.grad_accum):
             batch = [train[i] for i in batches.next()]
+            # Data parallel: this process's rows of the global batch, with the noise rows one
+            # process would draw for them.
+            rows = distributed.my_rows(len(batch))
+            batch = [batch[r] for r in rows]
             labels = torch.tensor([e.label for e in batch], device=device)
             # The sample stays drawn (and the modules sampling) until backward is done: with
             # gradient checkpointing the backward re-runs the forward and must see the same sample.
             with sampling(model, True):
                 try:
                     logits = scorer.class_logits(
-                        model, batch, sample=True, generator=generator, keep_noise=True
+                        model,
+                        batch,
+                        sample=True,
+                        generator=generator,
+                        keep_noise=True,
+                        rows_of=(len(rows) * distributed.world(), rows),
                     )
                     nll = F.cross_entropy(logits, labels)
                     (nll / config.grad_accum).backward()
@@ -223,6 +233,9 @@ def fit(
             prior_term = penalty() / n_train
             prior_term.backward()
             kl_term += prior_term.item()
+        # Mean over processes: the KL / N term, added by each, then counts once (see scalabl.distributed).
+        distributed.average_gradients(trainable)
+        nll_sum = distributed.mean(nll_sum)
         if not (math.isfinite(nll_sum) and math.isfinite(kl_term)):
             # Stop before the optimiser writes NaN into the weights; the last checkpoint stays good.
             where = (
@@ -281,7 +294,8 @@ def fit(
                     shown["sigma"] = f"{record['sigma']:.3f}"
             bar.set_postfix(shown)
         every = config.checkpoint_every
-        if checkpoint_dir is not None and ((every and (step + 1) % every == 0) or step + 1 == config.steps):
+        due = (every and (step + 1) % every == 0) or step + 1 == config.steps
+        if checkpoint_dir is not None and due and distributed.is_main():
             save_checkpoint(
                 checkpoint_dir,
                 model=model,

@@ -169,6 +169,12 @@ class BayesianModule(nn.Module, ABC):
         """Mean posterior location and scale (``mu``, ``sigma``, ``sigma_over_mu``) for logging."""
 
 
+def reject_subset(method: str, sample_modules: str) -> None:
+    """For methods whose samples are not module noise (members, a Laplace predictive)."""
+    if sample_modules != "all":
+        raise ValueError(f"sample_modules={sample_modules!r}: {method} samples whole models; use 'all'")
+
+
 def bayesian_modules(model: nn.Module) -> list[BayesianModule]:
     return [m for m in model.modules() if isinstance(m, BayesianModule)]
 
@@ -380,6 +386,7 @@ class Method(ABC):
         seed: int = 0,
         progress: bool = False,
         batch_samples: bool = False,
+        sample_modules: str = "all",
     ) -> torch.Tensor:
         """Per-sample predictive log-probs ``[max(S, 1), N, C_max]`` (float64)."""
         from scalabl.predict import predict_log_proba
@@ -394,6 +401,7 @@ class Method(ABC):
             progress=progress,
             return_samples=True,
             batch_samples=batch_samples,
+            sample_modules=sample_modules,
         )
         return samples
 

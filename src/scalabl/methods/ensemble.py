@@ -18,7 +18,7 @@ import torch
 from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
 
-from scalabl.methods.base import Method
+from scalabl.methods.base import Method, reject_subset
 
 if TYPE_CHECKING:
     from scalabl.data import Example
@@ -97,8 +97,10 @@ class Ensemble(Method):
         seed: int = 0,
         progress: bool = False,
         batch_samples: bool = False,
+        sample_modules: str = "all",
     ) -> torch.Tensor:
         """One deterministic pass per member: ``[K, N, C]``; ``n_samples`` is ignored."""
+        reject_subset(self.name, sample_modules)
         from scalabl.predict import predict_log_proba
 
         samples = []

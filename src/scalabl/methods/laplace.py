@@ -43,7 +43,7 @@ from torch import nn
 from torch.nn.utils import vector_to_parameters
 from torch.utils.data import DataLoader, TensorDataset
 
-from scalabl.methods.base import Method, lora_layers
+from scalabl.methods.base import Method, lora_layers, reject_subset
 
 if TYPE_CHECKING:
     from scalabl.data import Example
@@ -200,7 +200,9 @@ class LaplaceLoRA(Method):
         seed: int = 0,
         progress: bool = False,
         batch_samples: bool = False,
+        sample_modules: str = "all",
     ) -> torch.Tensor:
+        reject_subset(self.name, sample_modules)
         from scalabl.predict import predict_log_proba
 
         def deterministic() -> torch.Tensor:

@@ -1,0 +1,131 @@
+"""Data parallelism: 2 CPU processes (gloo, under `accelerate launch`) against 1 process with the
+same global batch: the same loss curve, adapter and metrics, up to float summation order."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import save_tiny_model, toy_examples
+from safetensors.torch import load_file
+
+from scalabl import distributed
+from scalabl.methods.base import bayesian_modules
+
+RTOL = 1e-5
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env() -> dict[str, str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("ddp")
+    model = save_tiny_model(root / "model")
+    config = root / "config.json"
+    config.write_text(
+        json.dumps(
+            {
+                "model": str(model),
+                "task": "arc_easy",
+                "max_train": 16,
+                "max_test": 6,
+                "n_samples": [0],
+                "method": {"method": "scalabl", "rank": 2},
+                "train": {"steps": 4, "batch_size": 4, "log_every": 1, "lr": 0.01, "checkpoint_every": 2},
+            }
+        )
+    )
+    args = ["-m", "scalabl", "train", "--config", str(config), "--quiet", "--out"]
+    one, two = root / "one", root / "two"
+    subprocess.run([sys.executable, *args, str(one)], check=True, env=_env(), timeout=600)
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launch += ["--main_process_port", str(_free_port())]
+    done = subprocess.run([*launch, *args, str(two)], env=_env(), timeout=600, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return {"one": one, "two": two, "stdout": done.stdout}
+
+
+def _history(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+
+
+def test_two_processes_follow_the_one_process_loss_curve(runs):
+    one, two = _history(runs["one"]), _history(runs["two"])
+    assert [r["step"] for r in one] == [r["step"] for r in two] == [1, 2, 3, 4]
+    for a, b in zip(one, two, strict=True):
+        # the KL (and N) counted once: twice would move the posterior and its KL at once
+        assert b["nll"] == pytest.approx(a["nll"], rel=RTOL) and b["kl"] == pytest.approx(a["kl"], rel=RTOL)
+        assert b["sigma"] == pytest.approx(a["sigma"], rel=RTOL)
+
+
+def test_two_processes_train_the_same_adapter_and_metrics(runs):
+    a, b = (
+        load_file(str(runs["one"] / "adapter.safetensors")),
+        load_file(str(runs["two"] / "adapter.safetensors")),
+    )
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=RTOL, atol=1e-6, msg=k)
+    m1 = json.loads((runs["one"] / "metrics.json").read_text())["eval"]["S=0"]
+    m2 = json.loads((runs["two"] / "metrics.json").read_text())["eval"]["S=0"]
+    assert json.loads((runs["two"] / "metrics.json").read_text())["processes"] == 2
+    assert m2["acc"] == m1["acc"]
+    for key in ("nll", "ece", "brier"):
+        assert m2[key] == pytest.approx(m1[key], rel=RTOL)
+
+
+def test_only_the_main_process_writes_and_prints(runs):
+    assert runs["stdout"].count("run folder:") == 1
+    assert (runs["two"] / "checkpoint").is_dir()
+
+
+def test_rows_of_a_global_batch_get_that_batch_s_noise():
+    """What each process draws: its rows of the noise one process draws for the whole batch."""
+    from conftest import make_byte_tokenizer, make_tiny_llama
+
+    from scalabl.methods import MethodConfig
+    from scalabl.methods.scalabl import ScalaBL
+    from scalabl.scoring import Scorer
+
+    model = ScalaBL(MethodConfig(rank=2, sigma_init=0.5)).wrap(make_tiny_llama())
+    with torch.no_grad():
+        for m in bayesian_modules(model):
+            m.log_sigma.fill_(0.0)
+    batch = toy_examples(4)
+    scorer = Scorer(make_byte_tokenizer())
+    with torch.no_grad():
+        whole = scorer.class_logits(model, batch, generator=torch.Generator().manual_seed(1))
+        for rows in ([0, 2], [1, 3]):
+            part = scorer.class_logits(
+                model, [batch[r] for r in rows], generator=torch.Generator().manual_seed(1), rows_of=(4, rows)
+            )
+            torch.testing.assert_close(part, whole[rows], atol=1e-5, rtol=0)
+
+
+def test_a_global_batch_must_split_evenly(monkeypatch):
+    monkeypatch.setattr(distributed, "world", lambda: 2)
+    with pytest.raises(ValueError, match="global batch 3 must be a multiple of the 2 processes"):
+        distributed.my_rows(3)
+
+
+def test_single_process_helpers_are_the_identity():
+    assert not distributed.launched() and distributed.world() == 1 and distributed.is_main()
+    assert distributed.my_rows(3) == [0, 1, 2] and distributed.shard([1, 2, 3]) == [1, 2, 3]
+    t = torch.arange(6.0)
+    assert distributed.unshard(t, 6) is t and distributed.mean(2.5) == 2.5
