@@ -12,6 +12,10 @@ from conftest import save_tiny_model
 from scalabl.bench import BenchConfig, collect, table_rows, to_csv, to_latex, to_markdown
 from scalabl.cli import main
 
+# the folder of that cell as computed before quant, device, gradient_checkpointing and
+# sample_modules were run options (commit 7cb702d)
+PINNED_HASH = "seed0-a6763fd8be"
+
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
@@ -121,3 +125,64 @@ def test_tables_only_runs_nothing_and_tabulates_partial_grids(bench, tmp_path):
     assert main(["bench", str(partial), "--tables-only"]) == 0
     assert not BenchConfig(**raw).cell_dir("mle", "obqa", 2).exists()
     assert "| mle |" in (Path(config.out) / "tables" / "acc.md").read_text()
+
+
+def test_archive_lets_a_fresh_checkout_continue_the_grid(bench, tmp_path):
+    """Archived cells (no weights) count as done; a new post-hoc method re-runs its source for the
+    adapter, which reproduces the archived source's metrics."""
+    path, config = bench
+    raw = json.loads(path.read_text())
+    raw["archive"] = str(tmp_path / "archive")
+    first = tmp_path / "first.json"
+    first.write_text(json.dumps(raw))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        assert main(["bench", str(first), "--tables-only", "--archive"]) == 0
+    kept = list((tmp_path / "archive" / "cells").rglob("metrics.json"))
+    assert len(kept) == len(config.grid())
+    assert not list((tmp_path / "archive").rglob("adapter.safetensors"))
+
+    # A fresh checkout: the same config (same out folder, hence the same cell hashes), no runs.
+    out = Path(config.out)
+    moved = out.rename(tmp_path / "old-machine")
+    try:
+        raw["tasks"], raw["seeds"], raw["ood"] = ["arc_easy"], [0], {}
+        raw["methods"]["temperature_again"] = {"method": {"method": "temperature"}, "from": "mle"}
+        second = tmp_path / "second.json"
+        second.write_text(json.dumps(raw))
+        fresh = BenchConfig.from_file(second)
+        assert fresh.finished_dir("scalabl", "arc_easy", 0) is not None  # found in the archive
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("HF_HUB_OFFLINE", "1")
+            assert main(["bench", str(second), "--quiet"]) == 0
+        ran = {p.parent.parent.parent.name for p in (out / "cells").rglob("metrics.json")}
+        assert ran == {"mle", "temperature_again"}  # the source re-run for its weights, and the new cell
+        again = json.loads((fresh.cell_dir("mle", "arc_easy", 0) / "metrics.json").read_text())
+        archived = json.loads((fresh.finished_dir("temperature", "arc_easy", 0) / "metrics.json").read_text())
+        kept_mle = json.loads(
+            (
+                Path(raw["archive"]) / fresh.cell_dir("mle", "arc_easy", 0).relative_to(out) / "metrics.json"
+            ).read_text()
+        )
+        for key in ("acc", "ece", "nll", "brier"):  # deterministic: the same adapter
+            assert again["eval"]["S=0"][key] == pytest.approx(kept_mle["eval"]["S=0"][key], rel=1e-9)
+        assert archived["method"] == "temperature"
+        assert set(collect(fresh)) == set(raw["methods"])
+    finally:
+        if out.exists():
+            import shutil
+
+            shutil.rmtree(out)
+        moved.rename(out)
+
+
+def test_cell_hashes_survive_new_run_options_at_their_defaults(tmp_path):
+    """Cells computed before an option existed keep their folder (pinned hash of a fixed config)."""
+    config = BenchConfig(
+        tasks=["arc_easy"],
+        methods={"mle": {}},
+        seeds=[0],
+        out=str(tmp_path),
+        base={"max_test": 100, "max_validation": 50, "n_samples": [4], "train": {"steps": 40}},
+    )
+    assert config.cell_dir("mle", "arc_easy", 0).name == PINNED_HASH

@@ -144,3 +144,25 @@ def test_the_fast_path_runs_the_unsampled_layers_once():
             h.remove()
     assert layers.start_layer == N_LAYERS - 1
     assert seen[0] == [4] and seen[N_LAYERS - 1] == [20]  # one pass of B rows, then S x B rows
+
+
+def test_head_only_sampling_runs_the_frozen_head_once():
+    model, tok = wrapped(targets=("v_proj", "lm_head")), make_byte_tokenizer()
+    head = model.get_base_model().lm_head
+    rows: list[tuple[int, int]] = []
+    hook = head.base_layer.register_forward_hook(
+        lambda m, args, out: rows.append((args[0].shape[0], out.shape[0]))
+    )
+    try:
+        predict_log_proba(
+            model,
+            Scorer(tok, "letter"),
+            EXAMPLES[:4],
+            n_samples=5,
+            batch_size=4,
+            batch_samples=True,
+            sample_modules="lm_head",
+        )
+    finally:
+        hook.remove()
+    assert rows == [(4, 4)]  # W x once for B rows (the S copies are made after it)

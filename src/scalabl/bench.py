@@ -21,6 +21,13 @@ and noise). A method with ``"from": "mle"`` starts from that method's cell of th
 seed (post-hoc methods). A cell's folder is named by a hash of its full config, so a finished cell
 (``metrics.json`` present) is skipped when the bench runs again, and a changed config runs anew.
 
+``"archive"`` (optional) names a folder kept with the repository that holds finished cells' small
+files (config, metrics, predictions, history, report; no adapters), laid out like ``out/cells``.
+Cells found there count as done, so a fresh checkout continues a grid where the last machine
+stopped; ``scalabl bench CONFIG --archive`` copies the finished cells of ``out`` into it. A post-hoc
+cell whose source finished only in the archive re-runs the source first (same config and seed: the
+same adapter) to get its weights.
+
 Outputs in ``out``: one table per metric with mean +- std over seeds (rows: method, columns: task;
 and the shifted tasks), as ``tables/METRIC.md``, ``.csv`` and ``.tex``; ``summary.md`` with all
 tables; and ``reliability_TASK.png`` per task with every method's predictions pooled over seeds.
@@ -33,6 +40,7 @@ import hashlib
 import io
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +49,7 @@ from typing import Any
 import torch
 
 from scalabl.config import check_fields
-from scalabl.io import write_json, write_text
+from scalabl.io import atomic_path, write_json, write_text
 
 # metric key -> (header, scale, format); ECE in percent as in the papers
 METRICS: dict[str, tuple[str, float, str]] = {
@@ -74,6 +82,7 @@ class BenchConfig:
     base: dict[str, Any] = field(default_factory=dict)
     ood: dict[str, list[str]] = field(default_factory=dict)
     out: str = "runs/bench"
+    archive: str | None = None
 
     def __post_init__(self) -> None:
         if not self.tasks:
@@ -126,6 +135,17 @@ class BenchConfig:
             run["from_run"] = str(self.cell_dir(spec["from"], task, seed))
         return RunConfig.from_dict(run)
 
+    def finished_dir(self, label: str, task: str, seed: int) -> Path | None:
+        """Where the cell's results are: its folder under ``out``, else in the archive, else None."""
+        here = self.cell_dir(label, task, seed)
+        if (here / "metrics.json").is_file():
+            return here
+        if self.archive is not None:
+            kept = Path(self.archive) / here.relative_to(self.out)
+            if (kept / "metrics.json").is_file():
+                return kept
+        return None
+
     def cell_dir(self, label: str, task: str, seed: int) -> Path:
         config = self.run_config(label, task, seed).to_dict()
         for key, default in HASH_OMIT_AT_DEFAULT.items():
@@ -145,10 +165,11 @@ def run_bench(config: BenchConfig, *, progress: bool = True) -> dict[str, Any]:
     """Run every missing cell, then write the tables; returns the collected results."""
     from tqdm.auto import tqdm
 
+    from scalabl.api import ADAPTER_FILE
     from scalabl.runs import train_run
 
     cells = config.grid()
-    todo = [c for c in cells if not (config.cell_dir(*c) / "metrics.json").is_file()]
+    todo = [c for c in cells if config.finished_dir(*c) is None]
     bar = tqdm(
         total=len(cells),
         initial=len(cells) - len(todo),
@@ -157,11 +178,18 @@ def run_bench(config: BenchConfig, *, progress: bool = True) -> dict[str, Any]:
         unit="cell",
     )
     for label, task, seed in todo:
-        if (config.cell_dir(label, task, seed) / "metrics.json").is_file():
+        if config.finished_dir(label, task, seed) is not None:
             bar.update(1)  # finished meanwhile by another bench process on the same grid
             continue
         bar.set_postfix_str(f"{label} {task} seed {seed}")
         t0 = time.perf_counter()
+        source = config.methods[label].get("from")
+        if source and not (config.cell_dir(source, task, seed) / ADAPTER_FILE).is_file():
+            # finished in the archive, which keeps no weights: re-run it (deterministic) for them
+            bar.write(f"re-running {source} {task} seed {seed} for its adapter")
+            train_run(
+                config.run_config(source, task, seed), config.cell_dir(source, task, seed), progress=False
+            )
         train_run(config.run_config(label, task, seed), config.cell_dir(label, task, seed), progress=False)
         bar.update(1)
         bar.write(f"done {label} {task} seed {seed} in {time.perf_counter() - t0:.0f} s")
@@ -175,10 +203,34 @@ def collect(config: BenchConfig) -> dict[str, Any]:
     """metrics.json of every finished cell: results[label][task][seed]."""
     results: dict[str, Any] = {}
     for label, task, seed in config.grid():
-        path = config.cell_dir(label, task, seed) / "metrics.json"
-        if path.is_file():
-            results.setdefault(label, {}).setdefault(task, {})[seed] = json.loads(path.read_text())
+        found = config.finished_dir(label, task, seed)
+        if found is not None:
+            results.setdefault(label, {}).setdefault(task, {})[seed] = json.loads(
+                (found / "metrics.json").read_text()
+            )
     return results
+
+
+ARCHIVED_FILES = ("config.json", "metrics.json", "predictions.safetensors", "history.jsonl", "report.md")
+
+
+def archive_cells(config: BenchConfig) -> int:
+    """Copy the small files of every cell finished under ``out`` into ``config.archive``; returns
+    how many cells were archived."""
+    if config.archive is None:
+        raise ValueError("archive: the bench config names no archive folder")
+    n = 0
+    for label, task, seed in config.grid():
+        here = config.cell_dir(label, task, seed)
+        if not (here / "metrics.json").is_file():
+            continue
+        kept = Path(config.archive) / here.relative_to(config.out)
+        for name in ARCHIVED_FILES:
+            if (here / name).is_file():
+                with atomic_path(kept / name) as tmp:
+                    shutil.copyfile(here / name, tmp)
+        n += 1
+    return n
 
 
 def headline_key(metrics: dict[str, Any]) -> str:
@@ -286,7 +338,7 @@ def write_tables(config: BenchConfig, results: dict[str, Any]) -> None:
         for label in config.methods:
             runs = results.get(label, {}).get(task, {})
             parts = [
-                load_predictions(config.cell_dir(label, task, seed), headline_key(m).replace("=", ""))
+                load_predictions(config.finished_dir(label, task, seed), headline_key(m).replace("=", ""))
                 for seed, m in runs.items()
             ]
             if parts:

@@ -259,7 +259,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from scalabl.bench import BenchConfig, collect, run_bench, write_tables
+    from scalabl.bench import BenchConfig, archive_cells, collect, run_bench, write_tables
 
     config = BenchConfig.from_file(args.config)
     if args.out:
@@ -269,6 +269,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     else:
         run_bench(config, progress=not args.quiet)
     print((Path(config.out) / "summary.md").read_text())
+    if args.archive:
+        print(f"archived {archive_cells(config)} finished cells in {config.archive}")
     return 0
 
 
@@ -369,6 +371,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", type=Path, help="bench config (JSON)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: the config's 'out')")
     p.add_argument("--tables-only", action="store_true", help="tabulate the cells already done, run nothing")
+    p.add_argument(
+        "--archive",
+        action="store_true",
+        help="copy the finished cells' results (no weights) into the config's 'archive' folder, to commit",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_bench)
 

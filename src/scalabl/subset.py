@@ -10,8 +10,11 @@ use their posterior mean:
 When every sampled module lies at or after some point of the forward (decoder layer ``L0``, or
 the head), everything before that point is the same for all S samples. The fast path runs it once
 for B sequences, then repeats the hidden states (and the per-sequence attention inputs) S times at
-that point, so only the sampled tail runs S x B rows: S samples cost about
-``L0 / L + S (L - L0) / L`` deterministic passes instead of S.
+that point, so only the sampled tail runs S x B rows: the decoder layers cost
+``L0 / L + S (L - L0) / L`` passes instead of S, but the output head (for a small model with a
+large vocabulary, a large share of a pass) still runs S times after a branch in the layers. When
+only the head's adapter samples, its frozen product ``W x`` runs once and only the rank-r adapter
+term and the softmax run S times. Measured costs: ``benchmarks/speed.py``, ``docs/speed.md``.
 
 The noise is drawn exactly as the plain loop draws it (S draws of B rows, all modules, in order),
 then stacked sample-major (row ``s * B + i`` is sample s of sequence i), so the fast path and the
@@ -175,15 +178,25 @@ def branch_into_copies(model: nn.Module, branch: Branch) -> Iterator[None]:
         kwargs = {k: (v if k in ("cache", "past_key_values") else repeat(v)) for k, v in kwargs.items()}
         return args, kwargs
 
-    def head_hook(module, args):
+    def inputs_hook(module, args):
         return tuple(repeat(a) for a in args)
 
+    def output_hook(module, args, out):
+        return repeat(out)
+
     handles = []
+    head = _head(model)
     if branch.subset.start_layer is not None:
         for layer in list(_decoder_layers(model))[branch.subset.start_layer :]:
             handles.append(layer.register_forward_pre_hook(layer_hook, with_kwargs=True))
+    elif hasattr(head, "base_layer") and hasattr(head, "lora_A"):
+        # Only the head's adapter samples: its frozen product W x is the same for every sample, so
+        # it runs once and its output is repeated; only the rank-r adapter term runs S x B rows.
+        handles.append(head.base_layer.register_forward_hook(output_hook))
+        for lora_a in head.lora_A.values():
+            handles.append(lora_a.register_forward_pre_hook(inputs_hook))
     else:
-        handles.append(_head(model).register_forward_pre_hook(head_hook))
+        handles.append(head.register_forward_pre_hook(inputs_hook))
     try:
         yield
     finally:
