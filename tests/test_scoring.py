@@ -20,8 +20,10 @@ from scalabl.scoring import Scorer, continuation_prompt, letter_prompt
 ATOL = 1e-4
 
 
-def wrap_scalabl(model: nn.Module | None = None, seed: int = 0) -> nn.Module:
-    model = ScalaBL(MethodConfig(rank=4, sigma_init=0.5)).wrap(model or make_tiny_llama())
+def wrap_scalabl(model: nn.Module | None = None, seed: int = 0, targets=("q_proj", "v_proj")) -> nn.Module:
+    model = ScalaBL(MethodConfig(rank=4, sigma_init=0.5, target_modules=targets)).wrap(
+        model or make_tiny_llama()
+    )
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for _, layer in lora_layers(model):
@@ -129,6 +131,22 @@ def test_keep_noise_leaves_the_sample_for_the_caller(model, tokenizer):
     assert all(xi is not None for xi in kept)
     clear_noise(model)
     assert all(m._xi is None for m in bayesian_modules(model))
+
+
+@pytest.mark.parametrize("reuse_prompt", [True, False])
+def test_a_sampled_head_adapter_matches_naive_with_the_same_noise(tokenizer, reuse_prompt):
+    """The head runs only at answer positions: each still gets its sequence's head sample."""
+    model = wrap_scalabl(seed=2, targets=("v_proj", "lm_head"))
+    draw_noise(model, len(EXAMPLES), torch.Generator().manual_seed(9))
+    noise_rows = [m._xi.clone() for m in bayesian_modules(model)]
+    clear_noise(model)
+    with torch.no_grad():
+        got = Scorer(tokenizer, reuse_prompt=reuse_prompt).class_logits(
+            model, EXAMPLES, generator=torch.Generator().manual_seed(9)
+        )
+        with sampling(model, True):
+            expected = naive_continuation(model, tokenizer, EXAMPLES, noise_rows=noise_rows)
+    torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)
 
 
 def test_reused_prompt_equals_full_rows_under_the_same_sample(tokenizer):

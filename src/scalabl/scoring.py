@@ -31,7 +31,7 @@ from transformers import PreTrainedTokenizerBase
 
 from scalabl.choices import SCORING_MODES, TRUNCATION_MODES
 from scalabl.data import Example
-from scalabl.methods.base import clear_noise, draw_noise, sampling, select_noise
+from scalabl.methods.base import bayesian_modules, clear_noise, draw_noise, sampling, select_noise
 from scalabl.subset import (
     Branch,
     Subset,
@@ -214,10 +214,39 @@ class Scorer:
             return self._full_continuation_logits(model, encoded, device, branch)
         return self._continuation_logits(model, encoded, device, branch)
 
-    def _forward(self, model: nn.Module, branch: Branch | None, input_ids: torch.Tensor, **kwargs):
+    def _forward(
+        self,
+        model: nn.Module,
+        branch: Branch | None,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor | None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, object]:
+        """The decoder over ``input_ids``, then the output head only where a score is read:
+        ``positions`` (bool ``[rows, T]``, row-major order) or, if None, each row's last position.
+        Returns float32 log-probs ``[n, V]`` and the KV cache. The head is the largest matrix of a
+        small model: padded and prompt positions never reach it."""
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
         if branch is not None:
-            branch.rows = input_ids.shape[0]  # the rows entering; the branch point repeats them
-        return model(input_ids=input_ids, **kwargs)
+            branch.rows = input_ids.shape[0]  # the rows entering; a layer branch repeats them
+        out = base.get_decoder()(input_ids=input_ids, **kwargs)
+        hidden = out.last_hidden_state  # [R, T, D]: R = rows, or S x rows after a layer branch
+        head = base.get_output_embeddings()
+        if positions is None:
+            hidden = hidden[:, -1]
+        else:
+            mask = positions.repeat(hidden.shape[0] // positions.shape[0], 1)
+            hidden = hidden[mask]
+            # A sampled head adapter draws per sequence: give each kept position its row's noise.
+            row_of = mask.nonzero()[:, 0]
+            if branch is not None and branch.subset.start_layer is None:  # copies made at the head
+                row_of = branch.expand(row_of, mask.shape[0])
+            for m in bayesian_modules(head):
+                m.select_noise(row_of)
+        if branch is not None:
+            branch.rows = hidden.shape[0]  # a head branch repeats what enters the head
+        logits = head(hidden)
+        return torch.log_softmax(logits.float(), dim=-1), _output_cache(out)
 
     def _prompt_pass(
         self,
@@ -236,17 +265,10 @@ class Scorer:
             mask[i, width - len(e.prompt) :] = 1
         ids, mask = ids.to(device), mask.to(device)
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = self._forward(
-            model,
-            branch,
-            ids,
-            attention_mask=mask,
-            position_ids=position_ids,
-            use_cache=use_cache,
-            logits_to_keep=1,
+        last, cache = self._forward(
+            model, branch, ids, None, attention_mask=mask, position_ids=position_ids, use_cache=use_cache
         )
-        last = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
-        return last, mask, _output_cache(out)
+        return last, mask, cache
 
     def _letter_logits(
         self, model: nn.Module, encoded: list[Encoded], device: torch.device, branch: Branch | None
@@ -294,17 +316,21 @@ class Scorer:
             mask = torch.cat([prompt_mask[first], in_mask], dim=1)
             start = prompt_mask.sum(-1)[first]
             position_ids = start[:, None] + torch.arange(longest - 1, device=device)[None, :]
-            out = self._forward(
+            scored = target_mask[:, 1:]  # the real answer tokens after the first
+            lp, _ = self._forward(
                 model,
                 branch,
                 inputs,
+                scored[: len(first)],
                 attention_mask=mask,
                 position_ids=position_ids,
                 use_cache=True,
                 **{_cache_kwarg(model): cache},
             )
-            lp = torch.log_softmax(out.logits.float(), dim=-1)
-            token_lp.append(lp.gather(-1, targets[:, 1:, None]).squeeze(-1))
+            rest = torch.zeros(scored.shape, dtype=lp.dtype, device=device)
+            token_lp.append(
+                rest.masked_scatter(scored, lp.gather(-1, targets[:, 1:][scored][:, None]).squeeze(-1))
+            )
         return self._choice_logits(encoded, index, torch.cat(token_lp, dim=1), target_mask)
 
     def _choice_logits(
@@ -349,14 +375,20 @@ class Scorer:
             encoded = encoded * branch.copies
             targets, target_mask = targets.repeat(branch.copies, 1), target_mask.repeat(branch.copies, 1)
         select_noise(model, index)  # every choice row sees its example's sample
-        out = self._forward(
+        # the positions that predict the answer tokens: each row's last len(choice) columns
+        positions = torch.zeros((len(rows), width), dtype=torch.bool, device=device)
+        positions[:, width - longest :] = target_mask[: len(rows)]
+        lp, _ = self._forward(
             model,
             branch,
             ids,
+            positions,
             attention_mask=mask,
             position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
             use_cache=False,
-            logits_to_keep=longest,
         )
-        lp = torch.log_softmax(out.logits.float(), dim=-1)
-        return self._choice_logits(encoded, index, lp.gather(-1, targets[..., None]).squeeze(-1), target_mask)
+        token_lp = torch.zeros(target_mask.shape, dtype=lp.dtype, device=device)
+        token_lp = token_lp.masked_scatter(
+            target_mask, lp.gather(-1, targets[target_mask][:, None]).squeeze(-1)
+        )
+        return self._choice_logits(encoded, index, token_lp, target_mask)
