@@ -89,7 +89,11 @@ def main() -> None:
         print(f"== {name}", flush=True)
         train_run(method_run(name, args), args.runs / name, progress=False)
 
-    done = {n: json.loads((args.runs / n / "metrics.json").read_text()) for n in names if (args.runs / n / "metrics.json").is_file()}
+    done = {
+        n: json.loads((args.runs / n / "metrics.json").read_text())
+        for n in names
+        if (args.runs / n / "metrics.json").is_file()
+    }
     if not done:
         return
     mle_train = done.get("mle", {}).get("train_seconds", 0.0)
@@ -107,7 +111,8 @@ def main() -> None:
     }
     plot_reliability(curves, RESULTS / "calibration_reliability.png", title="ARC-Easy test, every method")
     fitted = [
-        f"- {n}: " + ", ".join(f"{k} = {v:.4g}" for k, v in m.get("fitted", {}).items() if isinstance(v, int | float))
+        f"- {n}: "
+        + ", ".join(f"{k} = {v:.4g}" for k, v in m.get("fitted", {}).items() if isinstance(v, int | float))
         for n, m in done.items()
         if any(isinstance(v, int | float) for v in m.get("fitted", {}).values())
     ]

@@ -5,7 +5,9 @@ For the embedded SmolLM2-135M and two tiny random Llamas, in a fresh process eac
 batch of ARC-Easy questions (forward, backward, AdamW), and take the peak resident memory
 (``ru_maxrss``). The measured training overhead is peak - before; the estimate is the plan's
 trainable state + activations + log-probabilities for the same tokens (the batch's prompt and answer
-tokens, counted by the scorer). CPU peaks include allocator slack, so the ratio is the figure.
+tokens, counted by the scorer). Resident memory includes allocator slack and one-off costs of a
+first step; a second step is profiled for the bytes held by tensors (what a GPU's allocator would
+have to hold), with benchmarks/speed.py's ``tensor_peak``.
 The embedded model is measured a second time with gradient checkpointing (``--gradient-checkpointing``:
 non-reentrant checkpoints per decoder layer, continuations scored without the prompt cache, so the
 tokens are every choice's prompt + answer) against the plan's checkpointing estimate.
@@ -70,13 +72,25 @@ with sampling(wrapped, True):
     clear_noise(wrapped)
 opt.step()
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({"config": config_ref, "before": before, "peak": peak, "prompt_tokens": prompt_tokens,
+# A second step under the profiler: bytes held by tensors (no allocator slack; speed.py's method).
+sys.path.insert(0, BENCHMARKS)
+from speed import tensor_peak
+opt.zero_grad(set_to_none=True)
+with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+    with sampling(wrapped, True):
+        loss = F.cross_entropy(scorer.class_logits(wrapped, batch, sample=True, keep_noise=True), labels)
+        loss.backward()
+        clear_noise(wrapped)
+    opt.step()
+tensors = tensor_peak(prof)
+print(json.dumps({"config": config_ref, "before": before, "peak": peak, "tensors": tensors, "prompt_tokens": prompt_tokens,
                   "answer_tokens": answer_tokens}))
 """
 
 
 def measure(name: str, batch_size: int, gc: bool = False) -> dict:
-    argv = [sys.executable, "-c", CHILD, name, str(batch_size), "1" if gc else "0"]
+    child = CHILD.replace("BENCHMARKS", repr(str(Path(__file__).parent)))
+    argv = [sys.executable, "-c", child, name, str(batch_size), "1" if gc else "0"]
     out = subprocess.run(argv, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -110,26 +124,48 @@ def main() -> None:
                 "estimate_mb": est / 2**20,
                 "measured_mb": measured / 2**20,
                 "ratio": measured / est,
+                "tensors_mb": m["tensors"] / 2**20,
+                "tensor_ratio": m["tensors"] / est,
             }
         )
         print(rows[-1], flush=True)
     write_json(RESULTS / "plan_check.json", rows)
     table = markdown_table(
         rows,
-        ["model", "checkpointing", "batch", "tokens", "estimate_mb", "measured_mb", "ratio"],
+        [
+            "model",
+            "checkpointing",
+            "batch",
+            "tokens",
+            "estimate_mb",
+            "measured_mb",
+            "ratio",
+            "tensors_mb",
+            "tensor_ratio",
+        ],
         {
             "estimate_mb": "estimate (MB)",
-            "measured_mb": "measured peak - before (MB)",
-            "ratio": "measured / estimate",
+            "measured_mb": "RSS peak - before, 1st step (MB)",
+            "ratio": "RSS / estimate",
+            "tensors_mb": "tensor peak, 2nd step (MB)",
+            "tensor_ratio": "tensors / estimate",
         },
-        {"estimate_mb": "{:.0f}", "measured_mb": "{:.0f}", "ratio": "{:.2f}"},
+        {
+            "estimate_mb": "{:.0f}",
+            "measured_mb": "{:.0f}",
+            "ratio": "{:.2f}",
+            "tensors_mb": "{:.0f}",
+            "tensor_ratio": "{:.2f}",
+        },
     )
     text = (
         "# scalabl plan: estimate vs measured training memory (CPU, float32)\n\n"
         "`python benchmarks/plan_check.py`: one ScalaBL training step (r = 8, q/v) on ARC-Easy questions, "
-        "peak resident memory minus resident memory before the step, against the plan's trainable state + "
-        "activations + log-probabilities for the same tokens. With checkpointing, continuations are scored "
-        "without the prompt cache, so every choice's row carries its prompt (more tokens).\n\n" + table + "\n"
+        "peak resident memory minus resident memory before the step (the first step, in a fresh process), "
+        "and the peak of bytes held by tensors in a second step (PyTorch profiler allocation events, "
+        "benchmarks/speed.py's tensor_peak), against the plan's trainable state + activations + "
+        "log-probabilities for the same tokens. With checkpointing, continuations are scored without the "
+        "prompt cache, so every choice's row carries its prompt (more tokens).\n\n" + table + "\n"
     )
     write_text(RESULTS / "plan_check.md", text)
     print(text)
