@@ -395,3 +395,21 @@ def test_evaluate_sampling_only_the_last_layer(cli_run):
     full = json.loads((out / "metrics.json").read_text())["eval"]["S=2"]
     assert 0.0 <= subset["acc"] <= 1.0 and subset["nll"] != full["nll"]  # fewer modules sampled
     assert run([*argv, "--sample-modules", "first:1"]) == 2
+
+
+def test_train_with_the_memory_options(model_dir, tmp_path):
+    """--gradient-checkpointing, --device and --quant reach the run (and its config.json)."""
+    pytest.importorskip("bitsandbytes")
+    out = tmp_path / "run"
+    argv = train_argv(model_dir, out, "scalabl", gradient_checkpointing="", device="cpu", quant="4bit")
+    argv.remove("")  # a store_true flag takes no value
+    assert run(argv) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert (
+        config["gradient_checkpointing"] is True and config["device"] == "cpu" and config["quant"] == "4bit"
+    )
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["processes"] == 1 and 0.0 <= m["eval"]["S=2"]["acc"] <= 1.0
+    assert run([*train_argv(model_dir, tmp_path / "bad", "mle"), "--device", "cuda:0"]) == (
+        0 if __import__("torch").cuda.is_available() else 2
+    )
