@@ -58,15 +58,22 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     launch += ["--main_process_port", str(_free_port())]
     done = subprocess.run([*launch, *args, str(two)], env=_env(), timeout=600, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
-    return {"one": one, "two": two, "stdout": done.stdout}
+    sharded = root / "fsdp"
+    launch[-1] = str(_free_port())
+    fsdp = subprocess.run(
+        [*launch, *args, str(sharded), "--fsdp"], env=_env(), timeout=600, capture_output=True, text=True
+    )
+    assert fsdp.returncode == 0, fsdp.stderr[-3000:]
+    return {"one": one, "two": two, "fsdp": sharded, "stdout": done.stdout}
 
 
 def _history(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
 
 
-def test_two_processes_follow_the_one_process_loss_curve(runs):
-    one, two = _history(runs["one"]), _history(runs["two"])
+@pytest.mark.parametrize("mode", ["two", "fsdp"])
+def test_two_processes_follow_the_one_process_loss_curve(runs, mode):
+    one, two = _history(runs["one"]), _history(runs[mode])
     assert [r["step"] for r in one] == [r["step"] for r in two] == [1, 2, 3, 4]
     for a, b in zip(one, two, strict=True):
         # the KL (and N) counted once: twice would move the posterior and its KL at once
@@ -74,17 +81,16 @@ def test_two_processes_follow_the_one_process_loss_curve(runs):
         assert b["sigma"] == pytest.approx(a["sigma"], rel=RTOL)
 
 
-def test_two_processes_train_the_same_adapter_and_metrics(runs):
-    a, b = (
-        load_file(str(runs["one"] / "adapter.safetensors")),
-        load_file(str(runs["two"] / "adapter.safetensors")),
-    )
+@pytest.mark.parametrize("mode", ["two", "fsdp"])
+def test_two_processes_train_the_same_adapter_and_metrics(runs, mode):
+    a = load_file(str(runs["one"] / "adapter.safetensors"))
+    b = load_file(str(runs[mode] / "adapter.safetensors"))
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=RTOL, atol=1e-6, msg=k)
     m1 = json.loads((runs["one"] / "metrics.json").read_text())["eval"]["S=0"]
-    m2 = json.loads((runs["two"] / "metrics.json").read_text())["eval"]["S=0"]
-    assert json.loads((runs["two"] / "metrics.json").read_text())["processes"] == 2
+    m2 = json.loads((runs[mode] / "metrics.json").read_text())["eval"]["S=0"]
+    assert json.loads((runs[mode] / "metrics.json").read_text())["processes"] == 2
     assert m2["acc"] == m1["acc"]
     for key in ("nll", "ece", "brier"):
         assert m2[key] == pytest.approx(m1[key], rel=RTOL)
@@ -93,6 +99,41 @@ def test_two_processes_train_the_same_adapter_and_metrics(runs):
 def test_only_the_main_process_writes_and_prints(runs):
     assert runs["stdout"].count("run folder:") == 1
     assert (runs["two"] / "checkpoint").is_dir()
+    assert json.loads((runs["fsdp"] / "config.json").read_text())["fsdp"] is True
+    assert not (runs["fsdp"] / "checkpoint").exists()  # sharded optimiser state is not checkpointed
+
+
+def test_fsdp_shards_the_decoder_layers_in_one_process(tmp_path, monkeypatch):
+    """fully_shard on a 1-process gloo group: the layers' adapter parameters become DTensors and
+    a ScalaBL step, its KL and the gathered adapter still work."""
+    import torch.distributed as dist
+    from conftest import make_byte_tokenizer, make_tiny_llama
+
+    from scalabl.api import BayesianLoRA
+    from scalabl.methods import MethodConfig
+
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        blora = BayesianLoRA(make_tiny_llama(), make_byte_tokenizer(), MethodConfig(method="scalabl", rank=2))
+        distributed.shard_model(blora.model)
+        trainable = [p for p in blora.model.parameters() if p.requires_grad]
+        assert trainable and all(distributed.sharded(p) for p in trainable)
+        history = blora.fit(toy_examples(8), steps=2, batch_size=4, log_every=1, progress=False)
+        assert all(h["kl"] > 0 and h["sigma"] > 0 for h in history)
+        state = blora.method.adapter_state(blora.model)
+        assert state and not any(distributed.sharded(v) for v in state.values())
+    finally:
+        dist.destroy_process_group()
+
+
+def test_fsdp_is_refused_for_post_hoc_methods():
+    from scalabl.methods import MethodConfig
+    from scalabl.runs import RunConfig
+
+    with pytest.raises(ValueError, match="fsdp: supported for methods trained end to end"):
+        RunConfig(fsdp=True, method=MethodConfig(method="laplace"))
 
 
 def test_rows_of_a_global_batch_get_that_batch_s_noise():

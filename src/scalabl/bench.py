@@ -69,6 +69,7 @@ HASH_OMIT_AT_DEFAULT: dict[str, Any] = {
     "device": "auto",
     "gradient_checkpointing": False,
     "sample_modules": "all",
+    "fsdp": False,
 }
 
 

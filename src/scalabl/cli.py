@@ -157,6 +157,12 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         default=None,
         help="recompute activations in backward (less training memory, more compute)",
     )
+    p.add_argument(
+        "--fsdp",
+        action="store_true",
+        default=None,
+        help="under accelerate launch: shard the decoder layers over the processes (FSDP2)",
+    )
     p.add_argument("--config", type=Path, default=None, help="JSON run config; flags override its fields")
     p.add_argument(
         "--ood",
@@ -186,6 +192,8 @@ def _run_config(args: argparse.Namespace, base: Any = None):
         picked["run"]["length_norm"] = True
     if args.gradient_checkpointing:
         picked["run"]["gradient_checkpointing"] = True
+    if args.fsdp:
+        picked["run"]["fsdp"] = True
     if args.temperature:
         picked["method"]["temperature"] = True
     if args.n_samples:

@@ -11,6 +11,14 @@ process with the same global batch, up to float summation order (tested with 2 g
 LoRA gradients are small (a few MB even for a 7B model), so a plain all-reduce after backward
 costs little; the base weights are frozen and never communicated. Evaluation splits the examples
 across processes and gathers the predictions on every process; only the main process writes.
+
+FSDP (``--fsdp``, for a base that does not fit one device): each decoder layer is sharded over the
+processes with ``torch.distributed.fsdp.fully_shard`` (FSDP2), its weights, adapter and posterior
+parameters included; a layer's weights are gathered for its forward and backward and freed after.
+The embeddings, final norm and head stay whole on every process. FSDP averages the sharded
+gradients itself (reduce-scatter); the KL of a sharded posterior is computed on each process's
+shard, so it too counts once. Every process must then run the same forwards, so evaluation is not
+split, and training writes no resumable checkpoint (the final adapter is gathered and saved).
 """
 
 from __future__ import annotations
@@ -57,11 +65,39 @@ def my_rows(n: int) -> list[int]:
     return list(range(rank(), n, world()))
 
 
+def sharded(t: torch.Tensor) -> bool:
+    """Whether ``t`` is an FSDP-sharded parameter (a DTensor)."""
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
+def full(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of a sharded one (a collective: every process must call it); else ``t``."""
+    return t.full_tensor() if sharded(t) else t
+
+
+def shard_model(model: torch.nn.Module) -> None:
+    """FSDP2: shard each decoder layer of ``model`` over the processes (see the module docstring)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    from scalabl.subset import _decoder_layers
+
+    device = next(model.parameters()).device
+    mesh = init_device_mesh(device.type, (world(),))
+    for layer in _decoder_layers(model):
+        fully_shard(layer, mesh=mesh)
+
+
 def average_gradients(params: Sequence[torch.nn.Parameter]) -> None:
-    """All-reduce the gradients of ``params`` to their mean over processes (one flat buffer)."""
+    """All-reduce the gradients of ``params`` to their mean over processes (one flat buffer).
+    FSDP-sharded parameters are skipped: FSDP has averaged theirs."""
     if world() == 1:
         return
-    grads = [p.grad for p in params if p.grad is not None]
+    grads = [p.grad for p in params if p.grad is not None and not sharded(p)]
+    if not grads:
+        return
     flat = torch.cat([g.reshape(-1) for g in grads])
     dist.all_reduce(flat)
     flat /= world()

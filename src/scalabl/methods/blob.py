@@ -16,6 +16,7 @@ import torch
 from peft import PeftModel
 from torch import nn
 
+from scalabl.distributed import full
 from scalabl.methods.base import Method, replace_lora_a
 from scalabl.methods.flipout import FlipoutGaussianA
 from scalabl.methods.scalabl import gaussian_kl
@@ -57,7 +58,7 @@ class BlobA(FlipoutGaussianA):
         return [self.weight, self.rho]
 
     def stats(self) -> dict[str, float]:
-        mean, std = self.weight.detach().float().abs(), self.std.detach()
+        mean, std = full(self.weight.detach()).float().abs(), full(self.std.detach())
         return {
             "mu": mean.mean().item(),
             "sigma": std.mean().item(),

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from peft import PeftModel
 from torch import nn
 
+from scalabl.distributed import full
 from scalabl.methods.base import BayesianModule, Method, MethodConfig, replace_lora_a
 
 
@@ -79,7 +80,7 @@ class SubspaceA(BayesianModule):
         w = weight.detach().float()
         _, s, vh = torch.linalg.svd(w, full_matrices=False)
         sigma0 = torch.empty_like(s).uniform_(sigma_init / math.sqrt(2.0), sigma_init)
-        return cls(vh.to(weight.dtype), torch.log(s), torch.log(sigma0), **kwargs)
+        return cls(vh.to(weight.dtype).contiguous(), torch.log(s), torch.log(sigma0), **kwargs)
 
     @property
     def rank(self) -> int:
@@ -126,7 +127,7 @@ class SubspaceA(BayesianModule):
         return [self.log_mu, self.log_sigma]
 
     def stats(self) -> dict[str, float]:
-        mu, sigma = self.mu.detach().float(), self.sigma.detach().float()
+        mu, sigma = full(self.mu.detach()).float(), full(self.sigma.detach()).float()
         return {
             "mu": mu.mean().item(),
             "sigma": sigma.mean().item(),
