@@ -166,3 +166,14 @@ def test_head_only_sampling_runs_the_frozen_head_once():
     finally:
         hook.remove()
     assert rows == [(4, 4)]  # W x once for B rows (the S copies are made after it)
+
+
+@pytest.mark.parametrize("scoring", list(SCORERS))
+def test_batched_samples_equal_the_plain_loop_with_the_same_noise(scoring):
+    """batch_samples=True (S copies from the first layer) and S separate passes: same probabilities."""
+    model, tok = wrapped(targets=("q_proj", "v_proj", "lm_head")), make_byte_tokenizer()
+    scorer = SCORERS[scoring](tok)
+    kw = dict(n_samples=3, batch_size=4, seed=5, return_samples=True)
+    _, plain = predict_log_proba(model, scorer, EXAMPLES, batch_samples=False, **kw)
+    _, batched = predict_log_proba(model, scorer, EXAMPLES, batch_samples=True, **kw)
+    torch.testing.assert_close(batched, plain, atol=1e-5, rtol=0)

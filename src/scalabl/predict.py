@@ -68,6 +68,11 @@ def predict_log_proba(
             f"sample_modules={sample_modules!r} needs modules with independent per-sequence noise "
             "(scalabl with noise='sequence'); this model's sampled modules draw otherwise: use 'all'"
         )
+    if subset is None and batch_samples and n_samples > 0:
+        # All modules, S copies from the first decoder layer on, the noise drawn as the plain loop
+        # draws it (same probabilities); correlated or shared noise keeps the copies path below.
+        everything = select_subset(model, "all")
+        subset = everything if everything.stackable and not _shared_noise(model) else None
     generator = torch.Generator().manual_seed(seed)
     c_max = max(len(e.choices) for e in examples)
     chunks: list[torch.Tensor] = []
@@ -88,7 +93,7 @@ def predict_log_proba(
                 ]
             )
         elif batch_samples and not _shared_noise(model):
-            # S copies of the batch in one forward: per-sequence noise makes each copy its own sample.
+            # S copies of the batch in one forward (MC dropout): each copy draws its own sample.
             logits = scorer.class_logits(model, list(batch) * n_samples, sample=True, generator=generator)
             logits = logits.view(n_samples, len(batch), -1)
         else:

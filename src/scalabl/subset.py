@@ -87,8 +87,13 @@ class Subset:
 def select_subset(model: nn.Module, spec: str) -> Subset:
     """Resolve ``spec`` on ``model``; a subset with no Bayesian module in it is an error."""
     last = parse_subset(spec)
-    layers = _decoder_layers(model)
     modules = bayesian_modules(model)
+    try:
+        layers = _decoder_layers(model)
+    except ValueError:
+        if last is None:  # no layer stack to branch in: nothing stackable, the plain paths serve
+            return Subset([], None, 0)
+        raise
     if last is None:
         return Subset(modules, 0, len(layers))
     head = _head(model)
