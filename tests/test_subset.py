@@ -120,6 +120,19 @@ def test_a_subset_of_correlated_noise_is_refused():
         )
 
 
+def _predict_four_letter_questions(model, tok, spec: str) -> None:
+    """The fast path (S = 5 copies of a batch of 4) on letter scoring, for the row-count hooks."""
+    predict_log_proba(
+        model,
+        Scorer(tok, "letter"),
+        EXAMPLES[:4],
+        n_samples=5,
+        batch_size=4,
+        batch_samples=True,
+        sample_modules=spec,
+    )
+
+
 def test_the_fast_path_runs_the_unsampled_layers_once():
     model, tok = wrapped(), make_byte_tokenizer()
     layers = select_subset(model, "last:1")
@@ -130,15 +143,7 @@ def test_the_fast_path_runs_the_unsampled_layers_once():
         for i in seen
     ]
     try:
-        predict_log_proba(
-            model,
-            Scorer(tok, "letter"),
-            EXAMPLES[:4],
-            n_samples=5,
-            batch_size=4,
-            batch_samples=True,
-            sample_modules="last:1",
-        )
+        _predict_four_letter_questions(model, tok, "last:1")
     finally:
         for h in hooks:
             h.remove()
@@ -154,15 +159,7 @@ def test_head_only_sampling_runs_the_frozen_head_once():
         lambda m, args, out: rows.append((args[0].shape[0], out.shape[0]))
     )
     try:
-        predict_log_proba(
-            model,
-            Scorer(tok, "letter"),
-            EXAMPLES[:4],
-            n_samples=5,
-            batch_size=4,
-            batch_samples=True,
-            sample_modules="lm_head",
-        )
+        _predict_four_letter_questions(model, tok, "lm_head")
     finally:
         hook.remove()
     assert rows == [(4, 4)]  # W x once for B rows (the S copies are made after it)

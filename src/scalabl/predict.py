@@ -72,7 +72,7 @@ def predict_log_proba(
         # All modules, S copies from the first decoder layer on, the noise drawn as the plain loop
         # draws it (same probabilities); correlated or shared noise keeps the copies path below.
         everything = select_subset(model, "all")
-        subset = everything if everything.stackable and not _shared_noise(model) else None
+        subset = everything if everything.stackable else None  # stackable: per-sequence noise only
     generator = torch.Generator().manual_seed(seed)
     c_max = max(len(e.choices) for e in examples)
     chunks: list[torch.Tensor] = []

@@ -200,7 +200,8 @@ def fit(
             batch = [train[i] for i in batches.next()]
             # Data parallel: this process's rows of the global batch, with the noise rows one
             # process would draw for them.
-            rows = distributed.my_rows(len(batch))
+            n_global = len(batch)
+            rows = distributed.my_rows(n_global)
             batch = [batch[r] for r in rows]
             labels = torch.tensor([e.label for e in batch], device=device)
             # The sample stays drawn (and the modules sampling) until backward is done: with
@@ -213,7 +214,7 @@ def fit(
                         sample=True,
                         generator=generator,
                         keep_noise=True,
-                        rows_of=(len(rows) * distributed.world(), rows),
+                        rows_of=(n_global, rows),
                     )
                     nll = F.cross_entropy(logits, labels)
                     (nll / config.grad_accum).backward()
