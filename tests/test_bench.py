@@ -186,3 +186,43 @@ def test_cell_hashes_survive_new_run_options_at_their_defaults(tmp_path):
         base={"max_test": 100, "max_validation": 50, "n_samples": [4], "train": {"steps": 40}},
     )
     assert config.cell_dir("mle", "arc_easy", 0).name == PINNED_HASH
+
+
+def test_shards_split_the_grid_and_keep_post_hoc_cells_with_their_source():
+    config = BenchConfig(
+        tasks=["arc_easy", "obqa"],
+        seeds=[0, 1],
+        methods={"mle": {}, "scalabl": {}, "temperature": {"from": "mle"}, "tfb": {"from": "temperature"}},
+    )
+    shards = [config.shard_cells(i, 3) for i in range(3)]
+    flat = [c for s in shards for c in s]
+    assert sorted(flat) == sorted(config.grid())  # every cell once
+    assert max(map(len, shards)) - min(map(len, shards)) <= 3  # dealt out evenly (groups of 1 or 3)
+    for cells in shards:
+        for label, task, seed in cells:
+            if label in ("temperature", "tfb"):
+                assert ("mle", task, seed) in cells
+    assert config.root("tfb") == "mle" and config.root("scalabl") == "scalabl"
+    with pytest.raises(ValueError, match="shard"):
+        config.shard_cells(3, 3)
+
+
+@pytest.mark.parametrize("bad", ["2/2", "1", "a/2", "-1/2"])
+def test_shard_option_names_the_expected_form(bad, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", str(tmp_path / "b.json"), "--shard", bad])
+    assert "I/N" in capsys.readouterr().err
+
+
+def test_a_shard_runs_only_its_cells(bench, tmp_path):
+    path, config = bench
+    raw = json.loads(path.read_text())
+    raw["out"] = str(tmp_path / "out")
+    raw["seeds"] = [0]
+    raw["tasks"], raw["ood"] = ["arc_easy"], {}
+    shard_path = tmp_path / "b.json"
+    shard_path.write_text(json.dumps(raw))
+    assert main(["bench", str(shard_path), "--quiet", "--shard", "1/2"]) == 0
+    sharded = BenchConfig.from_file(shard_path)
+    ran = {c for c in sharded.grid() if sharded.finished_dir(*c) is not None}
+    assert ran == set(sharded.shard_cells(1, 2)) == {("scalabl", "arc_easy", 0)}

@@ -124,6 +124,26 @@ class BenchConfig:
         """Every cell (method label, task, seed), tasks outermost, methods innermost (sources first)."""
         return [(label, task, seed) for task in self.tasks for seed in self.seeds for label in self.methods]
 
+    def root(self, label: str) -> str:
+        """The method a cell's chain of ``"from"`` sources starts at (itself if it has none)."""
+        while self.methods[label].get("from"):
+            label = self.methods[label]["from"]
+        return label
+
+    def shard_cells(self, index: int, count: int) -> list[tuple[str, str, int]]:
+        """The cells shard ``index`` of ``count`` runs: a post-hoc cell stays with its source's shard
+        (same task and seed), so two processes never train the same adapter; groups are dealt out
+        round-robin in grid order."""
+        if not 0 <= index < count:
+            raise ValueError(f"shard: index must be in 0..{count - 1}, got {index}")
+        groups: list[tuple[str, str, int]] = []
+        for label, task, seed in self.grid():
+            key = (self.root(label), task, seed)
+            if key not in groups:
+                groups.append(key)
+        mine = {g for i, g in enumerate(groups) if i % count == index}
+        return [(label, task, seed) for label, task, seed in self.grid() if (self.root(label), task, seed) in mine]
+
     def run_config(self, label: str, task: str, seed: int):
         from scalabl.runs import RunConfig
 
@@ -162,14 +182,17 @@ class BenchConfig:
         )
 
 
-def run_bench(config: BenchConfig, *, progress: bool = True) -> dict[str, Any]:
-    """Run every missing cell, then write the tables; returns the collected results."""
+def run_bench(
+    config: BenchConfig, *, progress: bool = True, shard: tuple[int, int] | None = None
+) -> dict[str, Any]:
+    """Run every missing cell (or only shard ``(index, count)``'s: several processes can share one
+    grid), then write the tables of every finished cell; returns the collected results."""
     from tqdm.auto import tqdm
 
     from scalabl.api import ADAPTER_FILE
     from scalabl.runs import train_run
 
-    cells = config.grid()
+    cells = config.grid() if shard is None else config.shard_cells(*shard)
     todo = [c for c in cells if config.finished_dir(*c) is None]
     bar = tqdm(
         total=len(cells),

@@ -266,6 +266,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shard(text: str) -> tuple[int, int]:
+    index, sep, count = text.partition("/")
+    if not (sep and index.isdigit() and count.isdigit() and 0 <= int(index) < int(count)):
+        raise argparse.ArgumentTypeError(f"expected I/N with 0 <= I < N (e.g. 0/2), got {text!r}")
+    return int(index), int(count)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from scalabl.bench import BenchConfig, archive_cells, collect, run_bench, write_tables
 
@@ -275,7 +282,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.tables_only:
         write_tables(config, collect(config))
     else:
-        run_bench(config, progress=not args.quiet)
+        run_bench(config, progress=not args.quiet, shard=args.shard)
     print((Path(config.out) / "summary.md").read_text())
     if args.archive:
         print(f"archived {archive_cells(config)} finished cells in {config.archive}")
@@ -383,6 +390,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--archive",
         action="store_true",
         help="copy the finished cells' results (no weights) into the config's 'archive' folder, to commit",
+    )
+    p.add_argument(
+        "--shard",
+        type=_shard,
+        default=None,
+        metavar="I/N",
+        help="run only shard I of N (0-based; a post-hoc cell goes with its source): start N processes "
+        "with 0/N .. N-1/N to share a grid",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_bench)

@@ -1,0 +1,273 @@
+"""Calibration study (issue 8): which of ScalaBL's settings make the subspace posterior calibrate.
+
+One ``scalabl bench`` grid on ARC-Easy with the embedded SmolLM2-135M-Instruct. Every ScalaBL
+setting is the reference setting with one change; settings are grouped by the lever they move:
+
+- posterior levers (sigma init, prior std, KL weight, KL direction, training recipe) share one
+  budget, so one plain-LoRA (``mle``) and one temperature-scaled ``mle`` column serve them all;
+- budget levers (scoring, adapted modules, steps, data size) change what plain LoRA sees too, so
+  each gets its own ``mle`` and ``temperature`` cells with the same change.
+
+Every cell runs the same seeds (3), the same splits (the offline ARC-Easy pool: 2,246 train,
+200 validation, 500 test questions; see docs/data.md), the first ``max_test`` test questions and
+``n_samples`` posterior samples. Cells are keyed by a hash of their config, kept under
+``runs/calibration-study`` and archived (results only) in ``benchmarks/results/calibration_study``,
+so the grid continues where the last machine stopped:
+
+    python benchmarks/calibration_study.py run [--shard 0/2]    # two processes: 0/2 and 1/2
+    python benchmarks/calibration_study.py report               # tables, sigma plot (finished cells)
+    python benchmarks/calibration_study.py target [--shard 0/2] # the defaults vs mle on ARC-E, ARC-C
+
+``report`` writes benchmarks/results/calibration_study.{md,json} and calibration_study_sigma.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from scalabl.bench import BenchConfig, collect, headline_key, run_bench
+from scalabl.io import write_json, write_text
+from scalabl.report import plot_training_curves
+
+RESULTS = Path(__file__).parent / "results"
+ARCHIVE = RESULTS / "calibration_study"
+SEEDS = [0, 1, 2]
+BASE: dict[str, Any] = {
+    "max_test": 100,
+    "max_validation": 100,  # temperature is fitted on these validation questions
+    "n_samples": [4],
+    "method": {"rank": 8},
+    "train": {"steps": 80, "batch_size": 4, "lr": 2e-3, "checkpoint_every": 0},
+}
+# The reference ScalaBL setting (the demo's before this study), spelled out so that a later change of
+# the library's defaults does not move these cells.
+REFERENCE = {
+    "method": {"method": "scalabl", "sigma_init": 0.05, "prior_std": 1.0, "kl_direction": "correct"},
+    "train": {"recipe": "elbo", "variational_lr": 0.02, "kl_weight": 1.0},
+}
+
+# lever -> [(setting, change to the reference)]; a change under "budget" also applies to mle.
+POSTERIOR_LEVERS: dict[str, list[tuple[str, dict[str, dict[str, Any]]]]] = {
+    "reference": [("scalabl", {})],
+    "sigma init": [
+        ("sigma_init-0.5", {"method": {"sigma_init": 0.5}}),
+        ("sigma_init-0.2", {"method": {"sigma_init": 0.2}}),
+    ],
+    "KL weight": [("kl_weight-100", {"train": {"kl_weight": 100.0}})],
+    "recipe": [
+        ("blob_recipe-reference_kl", {"train": {"recipe": "blob"}, "method": {"kl_direction": "reference"}}),
+        ("blob_recipe", {"train": {"recipe": "blob"}}),
+    ],
+    "KL direction": [("kl-reference", {"method": {"kl_direction": "reference"}})],
+    "prior std": [("prior_std-0.2", {"method": {"prior_std": 0.2}})],
+}
+BUDGET_LEVERS: dict[str, list[tuple[str, dict[str, dict[str, Any]]]]] = {
+    "adapted modules": [
+        ("lm_head", {"method": {"target_modules": ["q_proj", "v_proj", "lm_head"]}}),
+        (
+            "all_linear",
+            {
+                "method": {
+                    "target_modules": [
+                        "q_proj",
+                        "k_proj",
+                        "v_proj",
+                        "o_proj",
+                        "gate_proj",
+                        "up_proj",
+                        "down_proj",
+                    ]
+                }
+            },
+        ),
+    ],
+    "scoring": [
+        ("length_norm", {"run": {"length_norm": True}}),
+        ("letter", {"run": {"scoring": "letter"}}),
+    ],
+    "steps and data": [
+        ("steps-160", {"train": {"steps": 160}}),
+        ("max_train-200", {"run": {"max_train": 200}}),
+    ],
+}
+# Run order within a seed: the levers most likely to matter first, so a partial grid says most.
+ORDER = [
+    "scalabl", "sigma_init-0.5", "kl_weight-100", "blob_recipe-reference_kl", "kl-reference",
+    "lm_head", "length_norm", "sigma_init-0.2", "prior_std-0.2", "blob_recipe", "letter",
+    "all_linear", "steps-160", "max_train-200",
+]  # fmt: skip
+
+
+def _merge(*specs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for spec in specs:
+        for part, values in spec.items():
+            out[part] = {**out.get(part, {}), **values}
+    return out
+
+
+def study_methods() -> dict[str, dict[str, Any]]:
+    """The bench's methods: every ScalaBL setting, and mle + temperature for every budget."""
+    settings = {
+        name: change
+        for levers in (POSTERIOR_LEVERS, BUDGET_LEVERS)
+        for v in levers.values()
+        for name, change in v
+    }
+    budgets = {name for v in BUDGET_LEVERS.values() for name, _ in v}
+    methods: dict[str, dict[str, Any]] = {"mle": {}, "temperature": {"from": "mle"}}
+    for name in ORDER:
+        change = settings[name]
+        if name in budgets:
+            methods[f"mle-{name}"] = _merge({"method": {"method": "mle"}}, change)
+            methods[f"temperature-{name}"] = _merge({"method": {"method": "temperature"}}, change)
+            methods[f"temperature-{name}"]["from"] = f"mle-{name}"
+            methods[f"scalabl-{name}"] = _merge(REFERENCE, change)
+        else:
+            methods[name] = _merge(REFERENCE, change)
+    return methods
+
+
+def study_config() -> BenchConfig:
+    return BenchConfig(
+        tasks=["arc_easy"],
+        methods=study_methods(),
+        seeds=SEEDS,
+        base=BASE,
+        out="runs/calibration-study",
+        archive=str(ARCHIVE),
+    )
+
+
+def target_config() -> BenchConfig:
+    """The library's defaults for ``--method scalabl`` (no settings given) against mle, on both ARCs."""
+    return BenchConfig(
+        tasks=["arc_easy", "arc_challenge"],
+        methods={
+            "mle": {},
+            "temperature": {"from": "mle"},
+            "scalabl-defaults": {"method": {"method": "scalabl"}},
+        },
+        seeds=SEEDS,
+        base=BASE,
+        out="runs/calibration-study",
+        archive=str(ARCHIVE),
+    )
+
+
+def summarise(values: list[float]) -> dict[str, float]:
+    """Mean, sample std (0 for one value) and count."""
+    n = len(values)
+    mean = sum(values) / n
+    var = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
+    return {"mean": mean, "std": var**0.5, "n": n}
+
+
+def _fmt(stat: dict[str, float] | None, scale: float = 1.0, digits: int = 3) -> str:
+    if stat is None:
+        return "-"
+    text = f"{scale * stat['mean']:.{digits}f}"
+    return text + (f" ± {scale * stat['std']:.{digits}f}" if stat["n"] > 1 else "")
+
+
+METRIC_KEYS = ("acc", "ece", "nll", "brier", "mi")
+
+
+def row_stats(config: BenchConfig, runs: dict[int, dict[str, Any]], label: str, task: str) -> dict[str, Any]:
+    """Mean ± std over seeds of a setting's headline metrics and its final posterior (from history)."""
+    row: dict[str, Any] = {"seeds": sorted(runs)}
+    for key in METRIC_KEYS:
+        vals = [m["eval"][headline_key(m)].get(key) for m in runs.values()]
+        vals = [v for v in vals if v is not None]
+        row[key] = summarise(vals) if vals else None
+    finals: dict[str, list[float]] = {"sigma": [], "mu": [], "sigma_over_mu": []}
+    for seed in runs:
+        lines = (config.finished_dir(label, task, seed) / "history.jsonl").read_text().splitlines()
+        last = json.loads(lines[-1]) if lines else {}
+        for key in finals:
+            if key in last:
+                finals[key].append(last[key])
+    for key, vals in finals.items():
+        row[key] = summarise(vals) if vals else None
+    return row
+
+
+def report(config: BenchConfig) -> dict[str, Any]:
+    """Per-lever tables (each with its budget's mle and temperature), JSON, and the sigma/mu plot."""
+    results = collect(config)
+    task = config.tasks[0]
+    stats = {
+        label: row_stats(config, per[task], label, task) for label, per in results.items() if task in per
+    }
+    budgets = {name for v in BUDGET_LEVERS.values() for name, _ in v}
+    lines = [
+        "# Calibration study: ScalaBL settings on ARC-Easy",
+        "",
+        f"`python benchmarks/calibration_study.py report`. Embedded SmolLM2-135M-Instruct, "
+        f"{BASE['train']['steps']} steps of batch {BASE['train']['batch_size']} at lr {BASE['train']['lr']}, "
+        f"LoRA r = 8, test n = {BASE['max_test']}, S = {BASE['n_samples'][0]} samples for ScalaBL. "
+        "Mean ± sample std over the seeds listed. Each setting changes one thing from the reference "
+        "`scalabl` (elbo, variational lr 2e-2, correct KL, sigma_init 0.05, prior std 1, KL weight 1); "
+        "mle and temperature rows have the same budget.",
+        "",
+    ]
+    header = "| setting | seeds | ACC | ECE (%) | NLL | Brier | MI (nats) | final sigma | final sigma/mu |"
+    for levers in (POSTERIOR_LEVERS, BUDGET_LEVERS):
+        for lever, settings in levers.items():
+            lines += [f"## {lever}", "", header, "| --- |" + " --- |" * 8]
+            for name, _ in settings:
+                prefix = f"-{name}" if name in budgets else ""
+                labels = [f"mle{prefix}", f"temperature{prefix}", f"scalabl{prefix}" if prefix else name]
+                if lever != "reference" and not prefix:
+                    labels = [name]  # the posterior levers' mle/temperature rows are under "reference"
+                for label in labels:
+                    r = stats.get(label)
+                    if r is None:
+                        lines.append(f"| {label} | 0 |" + " - |" * 7)
+                        continue
+                    lines.append(
+                        f"| {label} | {len(r['seeds'])} | {_fmt(r['acc'])} | {_fmt(r['ece'], 100, 1)} | "
+                        f"{_fmt(r['nll'])} | {_fmt(r['brier'])} | {_fmt(r['mi'], 1, 4)} | "
+                        f"{_fmt(r['sigma'])} | {_fmt(r['sigma_over_mu'])} |"
+                    )
+            lines.append("")
+    text = "\n".join(lines)
+    write_text(RESULTS / "calibration_study.md", text)
+    write_json(RESULTS / "calibration_study.json", stats)
+    histories = {}
+    for label, per in results.items():
+        runs = per.get(task, {})
+        if 0 in runs and not label.startswith(("mle", "temperature")):
+            path = config.finished_dir(label, task, 0) / "history.jsonl"
+            histories[label] = [json.loads(line) for line in path.read_text().splitlines()]
+    if histories:
+        plot_training_curves(
+            histories, RESULTS / "calibration_study_sigma.png", keys=("sigma_over_mu", "nll")
+        )
+    print(text)
+    return stats
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=("run", "report", "target"))
+    parser.add_argument("--shard", default=None, help="I/N: run only shard I of N (0-based)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (1 per process for two)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shard = tuple(int(x) for x in args.shard.split("/")) if args.shard else None
+    if args.what == "report":
+        report(study_config())
+        return
+    config = study_config() if args.what == "run" else target_config()
+    run_bench(config, progress=True, shard=shard)
+
+
+if __name__ == "__main__":
+    main()
