@@ -142,7 +142,9 @@ class BenchConfig:
             if key not in groups:
                 groups.append(key)
         mine = {g for i, g in enumerate(groups) if i % count == index}
-        return [(label, task, seed) for label, task, seed in self.grid() if (self.root(label), task, seed) in mine]
+        return [
+            (label, task, seed) for label, task, seed in self.grid() if (self.root(label), task, seed) in mine
+        ]
 
     def run_config(self, label: str, task: str, seed: int):
         from scalabl.runs import RunConfig
