@@ -87,3 +87,32 @@ def test_plot_training_curves_no_keys_found(tmp_path):
     with pytest.raises(ValueError, match="none of the keys"):
         plot_training_curves({"a": [{"step": 0, "loss": 1.0}]}, tmp_path / "x.png", keys=("acc",))
     assert not (tmp_path / "x.png").exists()
+
+
+def test_module_label_reads_layer_and_kind():
+    from scalabl.report import module_label
+
+    assert module_label("base_model.model.model.layers.12.self_attn.q_proj.lora_A.default") == (12, "q_proj")
+    assert module_label("base_model.model.transformer.h.3.attn.c_attn.lora_A.default") == (3, "c_attn")
+    assert module_label("base_model.model.lm_head.lora_A.default") == (None, "lm_head")
+
+
+def test_plot_posterior_modules_writes_png_and_needs_module_stats(tmp_path):
+    from scalabl.report import plot_posterior_modules
+
+    names = [f"m.layers.{i}.self_attn.{k}.lora_A.default" for i in range(3) for k in ("q_proj", "v_proj")]
+    names.append("m.lm_head.lora_A.default")
+    history = [
+        {
+            "step": s,
+            "nll": 1.0,
+            "modules": {n: {"sigma": 0.05 * s, "mu": 0.5, "sigma_over_mu": 0.1 * s} for n in names},
+        }
+        for s in range(1, 5)
+    ]
+    path = tmp_path / "post.png"
+    plot_posterior_modules(history, path)
+    assert_png(path)
+    with pytest.raises(ValueError, match="per-module"):
+        plot_posterior_modules([{"step": 1, "nll": 1.0}], tmp_path / "none.png")
+    assert not (tmp_path / "none.png").exists()

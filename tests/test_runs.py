@@ -100,7 +100,8 @@ def run_dir(tmp_path_factory) -> tuple[RunConfig, Path, dict]:
 
 def test_train_run_writes_the_run_folder(run_dir):
     config, out, metrics = run_dir
-    assert {p.name for p in out.iterdir()} >= set(RUN_FILES)
+    assert {p.name for p in out.iterdir()} >= set(RUN_FILES) | {"posterior_modules.png"}  # a scalabl run
+    assert "posterior_modules.png" in (out / "report.md").read_text()
     assert not list(out.glob(".*"))  # no temp or write-test files left behind
 
     on_disk = json.loads((out / "metrics.json").read_text())

@@ -7,9 +7,11 @@ display, leave the global matplotlib backend alone and keep no figure alive afte
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import matplotlib
 import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -18,7 +20,7 @@ from matplotlib.figure import Figure
 from scalabl.io import atomic_path
 from scalabl.metrics import expected_calibration_error, reliability_bins, risk_coverage
 
-__all__ = ["markdown_table", "plot_reliability", "plot_training_curves"]
+__all__ = ["markdown_table", "plot_posterior_modules", "plot_reliability", "plot_training_curves"]
 
 
 def _cell(value: Any, fmt: str) -> str:
@@ -179,4 +181,54 @@ def plot_training_curves(
         ax.set(xlabel="step", ylabel=key, title=key)
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
+    _save_png(fig, path)
+
+
+def module_label(name: str) -> tuple[int | None, str]:
+    """(layer index, module kind) of an adapted module's name, e.g.
+    ``...layers.3.self_attn.q_proj.lora_A.default`` -> ``(3, "q_proj")``; ``lm_head`` -> ``(None, "lm_head")``."""
+    layer = re.search(r"\.(?:layers|h|blocks)\.(\d+)\.", name)
+    parts = name.split(".")
+    kind = parts[parts.index("lora_A") - 1] if "lora_A" in parts and parts.index("lora_A") > 0 else parts[-1]
+    return (int(layer.group(1)) if layer else None), kind
+
+
+def plot_posterior_modules(history: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> None:
+    """Save a PNG of every adapted module's posterior during training (the ``"modules"`` entries of
+    the history): sigma/mu against step, one line per module coloured by depth; and the last log's
+    sigma and mu against layer index, one marker per module kind. Raises ValueError without them."""
+    records = [r for r in history if r.get("modules")]
+    if not records:
+        raise ValueError("no per-module posterior statistics in the history (not a variational method?)")
+    names = list(records[-1]["modules"])
+    labels = {n: module_label(n) for n in names}
+    depth = max((layer for layer, _ in labels.values() if layer is not None), default=0) or 1
+    kinds = sorted({kind for _, kind in labels.values()})
+    styles = ["-", "--", ":", "-."]
+    markers = ["o", "s", "^", "v", "D", "x", "+", "*"]
+    fig = Figure(figsize=(10, 3.8), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    cmap = matplotlib.colormaps["viridis"]
+    for n in names:
+        layer, kind = labels[n]
+        steps = [r["step"] for r in records if n in r["modules"]]
+        ratio = [r["modules"][n]["sigma_over_mu"] for r in records if n in r["modules"]]
+        colour = cmap(layer / depth) if layer is not None else "black"
+        left.plot(steps, ratio, styles[kinds.index(kind) % len(styles)], color=colour, lw=0.8, alpha=0.8)
+    left.set(xlabel="step", ylabel="mean sigma/mu", title="per module (colour: depth; line: kind)")
+    left.grid(alpha=0.3)
+    last = records[-1]["modules"]
+    for i, kind in enumerate(kinds):
+        mine = [n for n in names if labels[n][1] == kind]
+        xs = [labels[n][0] if labels[n][0] is not None else depth + 1 for n in mine]
+        m = markers[i % len(markers)]
+        right.scatter(
+            xs, [last[n]["sigma"] for n in mine], marker=m, s=14, color="tab:red", label=f"{kind} sigma"
+        )
+        right.scatter(xs, [last[n]["mu"] for n in mine], marker=m, s=14, color="tab:blue", label=f"{kind} mu")
+    right.set(
+        xlabel="layer", ylabel="mean over the r dimensions", title=f"step {records[-1]['step']}", yscale="log"
+    )
+    right.grid(alpha=0.3)
+    right.legend(fontsize="small", ncols=2)
     _save_png(fig, path)

@@ -10,6 +10,7 @@ Run folder layout::
     report.md              the tables, with the plots below
     reliability.png        reliability diagram(s)
     training.png           training curves
+    posterior_modules.png  per-module sigma/mu during training (variational methods)
 """
 
 from __future__ import annotations
@@ -35,7 +36,13 @@ from scalabl.io import atomic_path, write_json, write_text
 from scalabl.methods import MethodConfig
 from scalabl.metrics import compute_metrics, mutual_information, ood_auroc
 from scalabl.models import EMBEDDED_MODEL, load_model, parse_dtype
-from scalabl.report import markdown_table, plot_reliability, plot_risk_coverage, plot_training_curves
+from scalabl.report import (
+    markdown_table,
+    plot_posterior_modules,
+    plot_reliability,
+    plot_risk_coverage,
+    plot_training_curves,
+)
 from scalabl.scoring import SCORING_MODES
 from scalabl.subset import parse_subset
 from scalabl.tasks import MMLU_PREFIX, TASK_NAMES
@@ -562,6 +569,9 @@ def write_run_report(run_dir: str | Path) -> None:
         plot_keys = ("nll", "sigma_over_mu") if any("sigma" in h for h in history) else ("nll",)
         plot_training_curves({name: history}, run_dir / "training.png", keys=plot_keys)
         training = ["![training](training.png)", ""]
+        if any(h.get("modules") for h in history):
+            plot_posterior_modules(history, run_dir / "posterior_modules.png")
+            training += ["![posterior per module](posterior_modules.png)", ""]
     else:
         training = [f"No training in this run: the adapter comes from `{m.get('from_run')}`.", ""]
     fitted = {k: v for k, v in m.get("fitted", {}).items() if isinstance(v, int | float)}
