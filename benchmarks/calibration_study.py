@@ -15,6 +15,7 @@ Every cell runs the same seeds (3), the same splits (the offline ARC-Easy pool: 
 so the grid continues where the last machine stopped:
 
     python benchmarks/calibration_study.py run [--shard 0/2]    # two processes: 0/2 and 1/2
+                                                                # (a 1-seed screen first, see phases())
     python benchmarks/calibration_study.py report               # tables, sigma plot (finished cells)
     python benchmarks/calibration_study.py target [--shard 0/2] # the defaults vs mle on ARC-E, ARC-C
 
@@ -94,12 +95,19 @@ BUDGET_LEVERS: dict[str, list[tuple[str, dict[str, dict[str, Any]]]]] = {
         ("steps-160", {"train": {"steps": 160}}),
         ("max_train-200", {"run": {"max_train": 200}}),
     ],
+    # MLE's overconfidence after many epochs on little data is where a posterior should pay (the
+    # papers train for thousands of steps on a few hundred questions).
+    "overfitting (100 questions, 8 epochs)": [
+        ("overfit", {"run": {"max_train": 100}, "train": {"steps": 200}}),
+    ],
 }
+# Posterior settings also run on a budget lever's budget: label scalabl-BUDGET+SETTING.
+BUDGET_VARIANTS: dict[str, list[str]] = {"overfit": ["sigma_init-0.5", "blob_recipe-reference_kl"]}
 # Run order within a seed: the levers most likely to matter first, so a partial grid says most.
 ORDER = [
     "scalabl", "sigma_init-0.5", "kl_weight-100", "blob_recipe-reference_kl", "kl-reference",
     "lm_head", "length_norm", "sigma_init-0.2", "prior_std-0.2", "blob_recipe", "letter",
-    "all_linear", "steps-160", "max_train-200",
+    "all_linear", "steps-160", "max_train-200", "overfit",
 ]  # fmt: skip
 
 
@@ -128,20 +136,41 @@ def study_methods() -> dict[str, dict[str, Any]]:
             methods[f"temperature-{name}"] = _merge({"method": {"method": "temperature"}}, change)
             methods[f"temperature-{name}"]["from"] = f"mle-{name}"
             methods[f"scalabl-{name}"] = _merge(REFERENCE, change)
+            for variant in BUDGET_VARIANTS.get(name, []):
+                methods[f"scalabl-{name}+{variant}"] = _merge(REFERENCE, settings[variant], change)
         else:
             methods[name] = _merge(REFERENCE, change)
     return methods
 
 
-def study_config() -> BenchConfig:
+def study_config(labels: list[str] | None = None, seeds: list[int] | None = None) -> BenchConfig:
+    """The whole grid, or the cells of some of its methods (with their sources) and seeds."""
+    methods = study_methods()
+    if labels is not None:
+        keep = set(labels) | {methods[lab]["from"] for lab in labels if methods[lab].get("from")}
+        methods = {lab: spec for lab, spec in methods.items() if lab in keep}
     return BenchConfig(
         tasks=["arc_easy"],
-        methods=study_methods(),
-        seeds=SEEDS,
+        methods=methods,
+        seeds=seeds or SEEDS,
         base=BASE,
         out="runs/calibration-study",
         archive=str(ARCHIVE),
     )
+
+
+def phases() -> list[BenchConfig]:
+    """The grid in the order it runs: a one-seed screen of every setting, then the overfitting
+    regime on every seed, then the other seeds. The phases hold disjoint cells, so processes on
+    different phases never run the same cell."""
+    labels = list(study_methods())
+    overfit = [lab for lab in labels if "overfit" in lab]
+    rest = [lab for lab in labels if lab not in overfit]
+    return [
+        study_config(rest, [SEEDS[0]]),
+        study_config(overfit, SEEDS),
+        study_config(rest, SEEDS[1:]),
+    ]
 
 
 def target_config() -> BenchConfig:
@@ -187,7 +216,8 @@ def row_stats(config: BenchConfig, runs: dict[int, dict[str, Any]], label: str, 
         row[key] = summarise(vals) if vals else None
     finals: dict[str, list[float]] = {"sigma": [], "mu": [], "sigma_over_mu": []}
     for seed in runs:
-        lines = (config.finished_dir(label, task, seed) / "history.jsonl").read_text().splitlines()
+        path = config.finished_dir(label, task, seed) / "history.jsonl"  # none for post-hoc cells
+        lines = path.read_text().splitlines() if path.is_file() else []
         last = json.loads(lines[-1]) if lines else {}
         for key in finals:
             if key in last:
@@ -221,10 +251,13 @@ def report(config: BenchConfig) -> dict[str, Any]:
         for lever, settings in levers.items():
             lines += [f"## {lever}", "", header, "| --- |" + " --- |" * 8]
             for name, _ in settings:
-                prefix = f"-{name}" if name in budgets else ""
-                labels = [f"mle{prefix}", f"temperature{prefix}", f"scalabl{prefix}" if prefix else name]
-                if lever != "reference" and not prefix:
-                    labels = [name]  # the posterior levers' mle/temperature rows are under "reference"
+                if name in budgets:
+                    labels = [f"{m}-{name}" for m in ("mle", "temperature", "scalabl")]
+                    labels += [f"scalabl-{name}+{v}" for v in BUDGET_VARIANTS.get(name, [])]
+                elif lever == "reference":
+                    labels = ["mle", "temperature", name]
+                else:  # the posterior levers share the reference's mle and temperature rows
+                    labels = [name]
                 for label in labels:
                     r = stats.get(label)
                     if r is None:
@@ -265,8 +298,8 @@ def main() -> None:
     if args.what == "report":
         report(study_config())
         return
-    config = study_config() if args.what == "run" else target_config()
-    run_bench(config, progress=True, shard=shard)
+    for config in phases() if args.what == "run" else [target_config()]:
+        run_bench(config, progress=True, shard=shard)
 
 
 if __name__ == "__main__":

@@ -68,9 +68,14 @@ def make_tiny_llama(
     return model
 
 
-def save_tiny_model(folder: Path) -> Path:
+# bitsandbytes' 4-bit CPU inference path (taken on CPUs with AVX512-BF16) packs weights in blocks of
+# 64 input features, so a quantised tiny model needs layers at least that wide.
+QUANT_HIDDEN = 64
+
+
+def save_tiny_model(folder: Path, hidden: int = 32) -> Path:
     """A tiny Llama and the byte tokenizer saved as a local Hugging Face folder (for CLI/run tests)."""
-    model = make_tiny_llama()
+    model = make_tiny_llama(hidden=hidden)
     tokenizer = make_byte_tokenizer()
     model.config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(folder)

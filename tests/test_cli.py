@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import save_tiny_model
+from conftest import QUANT_HIDDEN, save_tiny_model
 from safetensors.torch import load_file
 
 from scalabl import cli
@@ -397,11 +397,12 @@ def test_evaluate_sampling_only_the_last_layer(cli_run):
     assert run([*argv, "--sample-modules", "first:1"]) == 2
 
 
-def test_train_with_the_memory_options(model_dir, tmp_path):
+def test_train_with_the_memory_options(tmp_path):
     """--gradient-checkpointing, --device and --quant reach the run (and its config.json)."""
     pytest.importorskip("bitsandbytes")
     out = tmp_path / "run"
-    argv = train_argv(model_dir, out, "scalabl", gradient_checkpointing="", device="cpu", quant="4bit")
+    wide = save_tiny_model(tmp_path / "wide", hidden=QUANT_HIDDEN)
+    argv = train_argv(wide, out, "scalabl", gradient_checkpointing="", device="cpu", quant="4bit")
     argv.remove("")  # a store_true flag takes no value
     assert run(argv) == 0
     config = json.loads((out / "config.json").read_text())

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_byte_tokenizer, make_tiny_llama
+from conftest import QUANT_HIDDEN, make_byte_tokenizer, make_tiny_llama
 
 from scalabl import models
 from scalabl.models import EMBEDDED_MODEL, cache_dir, embedded_model_path, load_model, parse_dtype
 
 
-def save_tiny(folder: Path) -> Path:
-    make_tiny_llama().save_pretrained(folder)
+def save_tiny(folder: Path, hidden: int = 32) -> Path:
+    make_tiny_llama(hidden=hidden).save_pretrained(folder)
     make_byte_tokenizer().save_pretrained(folder)
     return folder
 
@@ -220,7 +220,7 @@ def test_quantised_base_trains_a_float32_posterior(tmp_path, quant):
     from scalabl.methods import MethodConfig
     from scalabl.methods.base import variational_parameters
 
-    model, tok = load_model(save_tiny(tmp_path / "m"), quant=quant, device="cpu")
+    model, tok = load_model(save_tiny(tmp_path / "m", hidden=QUANT_HIDDEN), quant=quant, device="cpu")
     linear = bnb.nn.Linear4bit if quant == "4bit" else bnb.nn.Linear8bitLt
     assert isinstance(model.model.layers[0].self_attn.q_proj, linear)
     blora = BayesianLoRA(model, tok, MethodConfig(method="scalabl", rank=4))

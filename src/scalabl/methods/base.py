@@ -18,7 +18,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -46,8 +46,9 @@ if TYPE_CHECKING:  # runtime imports would be circular (scoring and train import
 class MethodConfig:
     """Adapter and posterior settings. Fields a method does not use are ignored by it.
 
-    ``dropout`` and ``prior_std`` left at ``None`` take the method's own default (see
-    :attr:`Method.default_dropout`, :attr:`Method.default_prior_std` and docs/methods.md).
+    ``dropout``, ``prior_std`` and ``sigma_init`` left at ``None`` take the method's own default
+    (see :attr:`Method.default_dropout`, :attr:`Method.default_prior_std`,
+    :attr:`Method.default_sigma_init` and docs/methods.md).
     """
 
     method: str = "scalabl"
@@ -56,7 +57,9 @@ class MethodConfig:
     dropout: float | None = field(default=None, metadata={"help": "LoRA dropout (None: method default)"})
     target_modules: tuple[str, ...] = ("q_proj", "v_proj")
     # Variational posterior (scalabl, blob): sigma_0 ~ U(sigma_init / sqrt 2, sigma_init) (blob: rho_0).
-    sigma_init: float = field(default=0.05, metadata={"help": "initial posterior std scale (eps)"})
+    sigma_init: float | None = field(
+        default=None, metadata={"help": "initial posterior std scale eps (None: method default)"}
+    )
     prior_std: float | None = field(
         default=None, metadata={"help": "std of the N(0, prior_std^2) prior (None: method default)"}
     )
@@ -100,7 +103,7 @@ class MethodConfig:
             raise ValueError(f"dropout: must be in [0, 1), got {self.dropout!r}")
         if not self.target_modules:
             raise ValueError("target_modules: at least one module name is required")
-        if self.sigma_init <= 0:
+        if self.sigma_init is not None and self.sigma_init <= 0:
             raise ValueError(f"sigma_init: must be > 0, got {self.sigma_init!r}")
         if self.prior_std is not None and self.prior_std <= 0:
             raise ValueError(f"prior_std: must be > 0, got {self.prior_std!r}")
@@ -271,6 +274,10 @@ class Method(ABC):
     bayesian: ClassVar[bool] = False  # predictions depend on n_samples
     default_dropout: ClassVar[float] = 0.0
     default_prior_std: ClassVar[float] = 1.0
+    default_sigma_init: ClassVar[float] = 0.05
+    # learning rate of the variational parameters under the elbo recipe when the TrainConfig leaves
+    # it at None (None here too: the main learning rate)
+    default_variational_lr: ClassVar[float | None] = None
     temperature_scaled: ClassVar[bool] = False  # always fit a temperature after training
 
     def __init__(self, config: MethodConfig) -> None:
@@ -283,6 +290,16 @@ class Method(ABC):
     @property
     def prior_std(self) -> float:
         return self.default_prior_std if self.config.prior_std is None else self.config.prior_std
+
+    @property
+    def sigma_init(self) -> float:
+        return self.default_sigma_init if self.config.sigma_init is None else self.config.sigma_init
+
+    def train_config(self, config: TrainConfig) -> TrainConfig:
+        """``config`` with the method's defaults for the fields it leaves at None."""
+        if config.variational_lr is None and self.default_variational_lr is not None:
+            return replace(config, variational_lr=self.default_variational_lr)
+        return config
 
     # ---- 1. build ---------------------------------------------------------------------------------
     def lora_config(self) -> LoraConfig:
@@ -349,7 +366,7 @@ class Method(ABC):
             model,
             scorer,
             train,
-            config,
+            self.train_config(config),
             penalty=self.penalty(model),
             checkpoint_dir=checkpoint_dir,
             resume=resume,

@@ -80,7 +80,7 @@ class BLoB(Method):
             model,
             lambda lora_a: BlobA.from_lora_weight(
                 lora_a.weight,
-                c.sigma_init,
+                self.sigma_init,
                 prior_std=self.prior_std,
                 kl_direction=c.kl_direction,
                 noise=c.noise,

@@ -169,7 +169,7 @@ class ScalaBL(Method):
             model,
             lambda lora_a: SubspaceA.from_lora_weight(
                 lora_a.weight,
-                c.sigma_init,
+                self.sigma_init,
                 prior_std=self.prior_std,
                 kl_direction=c.kl_direction,
                 noise=c.noise,
