@@ -58,7 +58,10 @@ POSTERIOR_LEVERS: dict[str, list[tuple[str, dict[str, dict[str, Any]]]]] = {
     "sigma init": [
         ("sigma_init-0.5", {"method": {"sigma_init": 0.5}}),
         ("sigma_init-0.2", {"method": {"sigma_init": 0.2}}),
+        ("sigma_init-2.0", {"method": {"sigma_init": 2.0}}),
     ],
+    # the library's default before this study: the posterior learns at the main learning rate
+    "variational lr": [("variational_lr-0.002", {"train": {"variational_lr": 0.002}})],
     "KL weight": [("kl_weight-100", {"train": {"kl_weight": 100.0}})],
     "recipe": [
         ("blob_recipe-reference_kl", {"train": {"recipe": "blob"}, "method": {"kl_direction": "reference"}}),
@@ -102,13 +105,32 @@ BUDGET_LEVERS: dict[str, list[tuple[str, dict[str, dict[str, Any]]]]] = {
     ],
 }
 # Posterior settings also run on a budget lever's budget: label scalabl-BUDGET+SETTING.
-BUDGET_VARIANTS: dict[str, list[str]] = {"overfit": ["sigma_init-0.5", "blob_recipe-reference_kl"]}
+BUDGET_VARIANTS: dict[str, list[str]] = {
+    "length_norm": ["sigma_init-0.5"],
+    "overfit": ["sigma_init-0.5", "blob_recipe-reference_kl"],
+}
 # Run order within a seed: the levers most likely to matter first, so a partial grid says most.
 ORDER = [
-    "scalabl", "sigma_init-0.5", "kl_weight-100", "blob_recipe-reference_kl", "kl-reference",
-    "lm_head", "length_norm", "sigma_init-0.2", "prior_std-0.2", "blob_recipe", "letter",
-    "all_linear", "steps-160", "max_train-200", "overfit",
-]  # fmt: skip
+    "scalabl",
+    "sigma_init-0.5",
+    "kl_weight-100",
+    "blob_recipe-reference_kl",
+    "kl-reference",
+    "lm_head",
+    "length_norm",
+    "sigma_init-0.2",
+    "prior_std-0.2",
+    "blob_recipe",
+    "letter",
+    "all_linear",
+    "steps-160",
+    "max_train-200",
+    "sigma_init-2.0",
+    "variational_lr-0.002",
+    "overfit",
+]
+# Settings whose other seeds run before the rest of the grid's (the screen's most informative).
+KEY = ["mle", "temperature", "scalabl", "sigma_init-0.5", "length_norm", "variational_lr-0.002"]  # fmt: skip
 
 
 def _merge(*specs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -160,14 +182,18 @@ def study_config(labels: list[str] | None = None, seeds: list[int] | None = None
 
 
 def phases() -> list[BenchConfig]:
-    """The grid in the order it runs: a one-seed screen of every setting, then the overfitting
-    regime on every seed, then the other seeds. The phases hold disjoint cells, so processes on
-    different phases never run the same cell."""
+    """The grid in the order it runs: a one-seed screen of every setting, the other seeds of the
+    key settings (with their mle and temperature), the overfitting regime on every seed, then the
+    other seeds of the rest. The phases hold disjoint cells, so processes on different phases never
+    run the same cell."""
     labels = list(study_methods())
     overfit = [lab for lab in labels if "overfit" in lab]
-    rest = [lab for lab in labels if lab not in overfit]
+    key = [lab for lab in labels if lab in KEY or any(lab.endswith(f"-{k}") or f"-{k}+" in lab for k in KEY)]
+    screen = [lab for lab in labels if lab not in overfit]
+    rest = [lab for lab in screen if lab not in key]
     return [
-        study_config(rest, [SEEDS[0]]),
+        study_config(screen, [SEEDS[0]]),
+        study_config(key, SEEDS[1:]),
         study_config(overfit, SEEDS),
         study_config(rest, SEEDS[1:]),
     ]
