@@ -12,6 +12,7 @@ from scalabl.metrics import (
     accuracy,
     brier_score,
     compute_metrics,
+    ece_floor,
     expected_calibration_error,
     mutual_information,
     negative_log_likelihood,
@@ -338,3 +339,20 @@ def test_compute_metrics_reports_selective_figures():
     m = compute_metrics(SEL_PROBS.log(), SEL_LABELS)
     assert m["aurc"] == pytest.approx(aurc(SEL_PROBS, SEL_LABELS))
     assert m["acc_cov50"] == 0.5 and m["acc_cov80"] == 0.5 and m["acc_cov90"] == 0.5
+
+
+def test_ece_floor_hand_cases():
+    # One example with p = (0.7, 0.3): the label is 0 w.p. 0.7 (ECE |1 - 0.7| = 0.3) and 1 w.p. 0.3
+    # (ECE |0 - 0.7| = 0.7), so the expected ECE is 0.7 * 0.3 + 0.3 * 0.7 = 0.42.
+    assert ece_floor(t([[0.7, 0.3]]), n_draws=20000) == pytest.approx(0.42, abs=0.01)
+    # One-hot predictions are always right: no floor.
+    assert ece_floor(t([[1.0, 0.0], [0.0, 1.0]]), n_draws=50) == 0.0
+    # The floor shrinks with the number of examples (about 1 / sqrt(N) per occupied bin).
+    probs = t([[0.6, 0.4]])
+    small, large = ece_floor(probs.repeat(25, 1)), ece_floor(probs.repeat(2500, 1))
+    assert large < small / 5
+    # Hand value for N identical rows in one bin: E|mean(Bernoulli(0.6)) - 0.6| over N = 25 draws.
+    from math import comb
+
+    exact = sum(comb(25, k) * 0.6**k * 0.4 ** (25 - k) * abs(k / 25 - 0.6) for k in range(26))
+    assert ece_floor(probs.repeat(25, 1), n_draws=4000) == pytest.approx(exact, abs=0.005)

@@ -30,6 +30,7 @@ __all__ = [
     "brier_score",
     "compute_metrics",
     "expected_calibration_error",
+    "ece_floor",
     "mutual_information",
     "negative_log_likelihood",
     "reliability_bins",
@@ -123,6 +124,27 @@ def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, n_bins
     _, count, conf_sum, correct_sum = _bin_stats(probs, labels, n_bins)
     # Per-bin weight times gap: (count/N) * |correct/count - conf/count| = |correct - conf| / N.
     return ((correct_sum - conf_sum).abs().sum() / probs.shape[0]).item()
+
+
+def ece_floor(
+    probs: torch.Tensor, n_bins: int = 15, n_draws: int = 200, generator: torch.Generator | None = None
+) -> float:
+    """The ECE a perfectly calibrated predictor with these probabilities shows on this many examples.
+
+    Labels are drawn from ``probs`` itself (so the predictor is calibrated by construction) and the
+    :func:`expected_calibration_error` of each draw is averaged over ``n_draws`` draws. Binned ECE is
+    biased upwards on small test sets; an ECE near this floor is as calibrated as the test set can tell.
+    """
+    probs, _ = _validate(probs, torch.zeros(probs.shape[0], dtype=torch.long))
+    if generator is None:
+        generator = torch.Generator().manual_seed(0)
+    draws = [
+        expected_calibration_error(
+            probs, torch.multinomial(probs.float(), 1, generator=generator)[:, 0], n_bins
+        )
+        for _ in range(n_draws)
+    ]
+    return sum(draws) / n_draws
 
 
 def negative_log_likelihood(log_probs: torch.Tensor, labels: torch.Tensor) -> float:
