@@ -329,3 +329,18 @@ def test_config_round_trip():
     assert MethodConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match="unknown field"):
         MethodConfig.from_dict({**config.to_dict(), "bogus": 1})
+
+
+def test_defaults_from_the_calibration_study():
+    """No sigma_init / variational_lr given: ScalaBL's own defaults (docs/calibration-study.md)."""
+    from scalabl.train import TrainConfig
+
+    method = ScalaBL(MethodConfig(method="scalabl", rank=4))
+    model = method.wrap(make_tiny_llama())
+    sigma = torch.cat([m.sigma.detach() for m in bayesian_modules(model)])
+    assert (sigma >= 0.5 / math.sqrt(2) - 1e-6).all() and (sigma <= 0.5 + 1e-6).all()
+    assert method.train_config(TrainConfig()).variational_lr == 2e-2
+    assert method.train_config(TrainConfig(variational_lr=1e-3)).variational_lr == 1e-3  # given wins
+    assert MLE(MethodConfig(method="mle")).train_config(TrainConfig()).variational_lr is None
+    explicit = ScalaBL(MethodConfig(method="scalabl", rank=4, sigma_init=0.05)).wrap(make_tiny_llama())
+    assert max(m.sigma.max().item() for m in bayesian_modules(explicit)) <= 0.05 + 1e-6
