@@ -172,18 +172,17 @@ class BenchConfig:
     def cell_dir(self, label: str, task: str, seed: int) -> Path:
         from scalabl.methods import METHODS
 
-        config = self.run_config(label, task, seed).to_dict()
+        run = self.run_config(label, task, seed)
+        config = run.to_dict()
         for key, default in HASH_OMIT_AT_DEFAULT.items():
             if config.get(key) == default:
                 del config[key]
         # Settings that became method-dependent defaults (None) are hashed by the value the method
         # uses: a cell keeps its folder while that value is what it ran with, and moves when a
         # method's default changes.
-        method = METHODS[config["method"]["method"]]
-        if config["method"].get("sigma_init") is None:
-            config["method"]["sigma_init"] = method.default_sigma_init
-        if config["train"].get("variational_lr") is None and method.default_variational_lr is not None:
-            config["train"]["variational_lr"] = method.default_variational_lr
+        method = METHODS[run.method.method](run.method)
+        config["method"]["sigma_init"] = method.sigma_init
+        config["train"]["variational_lr"] = method.train_config(run.train).variational_lr
         digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
         return (
             Path(self.out)
