@@ -27,17 +27,17 @@ calibration_target.{md,json}.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from scalabl.bench import BenchConfig, collect, headline_key, run_bench
+from scalabl.bench import BenchConfig, collect, headline_key, mean_std, run_bench
+from scalabl.cli import parse_shard
 from scalabl.io import write_json, write_text
 from scalabl.metrics import ece_floor
 from scalabl.report import plot_training_curves
-from scalabl.runs import load_predictions
+from scalabl.runs import load_history, load_predictions
 
 RESULTS = Path(__file__).parent / "results"
 ARCHIVE = RESULTS / "calibration_study"
@@ -224,11 +224,9 @@ def target_config(
 
 
 def summarise(values: list[float]) -> dict[str, float]:
-    """Mean, sample std (0 for one value) and count."""
-    n = len(values)
-    mean = sum(values) / n
-    var = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
-    return {"mean": mean, "std": var**0.5, "n": n}
+    """Mean, sample std (0 for one value) and count, as the bench's tables compute them."""
+    mean, std = mean_std(values)
+    return {"mean": mean, "std": std, "n": len(values)}
 
 
 def _fmt(stat: dict[str, float] | None, scale: float = 1.0, digits: int = 3) -> str:
@@ -257,9 +255,8 @@ def row_stats(config: BenchConfig, runs: dict[int, dict[str, Any]], label: str, 
     row["ece_floor"] = summarise(floors)
     finals: dict[str, list[float]] = {"sigma": [], "mu": [], "sigma_over_mu": []}
     for seed in runs:
-        path = config.finished_dir(label, task, seed) / "history.jsonl"  # none for post-hoc cells
-        lines = path.read_text().splitlines() if path.is_file() else []
-        last = json.loads(lines[-1]) if lines else {}
+        history = load_history(config.finished_dir(label, task, seed))  # empty for post-hoc cells
+        last = history[-1] if history else {}
         for key in finals:
             if key in last:
                 finals[key].append(last[key])
@@ -321,8 +318,7 @@ def report(config: BenchConfig) -> dict[str, Any]:
     for label, per in results.items():
         runs = per.get(task, {})
         if 0 in runs and not label.startswith(("mle", "temperature")):
-            path = config.finished_dir(label, task, 0) / "history.jsonl"
-            histories[label] = [json.loads(line) for line in path.read_text().splitlines()]
+            histories[label] = load_history(config.finished_dir(label, task, 0))
     if histories:
         plot_training_curves(
             histories, RESULTS / "calibration_study_sigma.png", keys=("sigma_over_mu", "nll")
@@ -386,7 +382,9 @@ def report_target(config: BenchConfig) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=("run", "report", "target"))
-    parser.add_argument("--shard", default=None, help="I/N: run only shard I of N (0-based)")
+    parser.add_argument(
+        "--shard", type=parse_shard, default=None, help="I/N: run only shard I of N (0-based)"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (1 per process for two)")
     parser.add_argument(
         "--tasks", default="arc_easy,arc_challenge", help="target: the tasks (comma-separated)"
@@ -397,14 +395,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    shard = tuple(int(x) for x in args.shard.split("/")) if args.shard else None
     target = target_config(tuple(args.tasks.split(",")), args.full_test)
     if args.what == "report":
         report(study_config())
         report_target(target)
         return
     for config in phases() if args.what == "run" else [target]:
-        run_bench(config, progress=True, shard=shard)
+        run_bench(config, progress=True, shard=args.shard)
 
 
 if __name__ == "__main__":

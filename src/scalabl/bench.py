@@ -273,7 +273,8 @@ def headline_key(metrics: dict[str, Any]) -> str:
     return next(iter(metrics["eval"]))
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
     n = len(values)
     mean = sum(values) / n
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
@@ -297,14 +298,14 @@ def table_rows(
                 runs = per_task.get(task, {})
                 vals = [m["eval"][headline_key(m)].get(metric) for m in runs.values()]
                 vals = [scale * v for v in vals if v is not None]
-                row.append((*_mean_std(vals), len(vals)) if vals else None)
+                row.append((*mean_std(vals), len(vals)) if vals else None)
         for task, shifted in ood_cols:
             runs = per_task.get(task, {})
             vals = [
                 m.get("ood", {}).get(shifted, {}).get(headline_key(m), {}).get(metric) for m in runs.values()
             ]
             vals = [scale * v for v in vals if v is not None]
-            row.append((*_mean_std(vals), len(vals)) if vals else None)
+            row.append((*mean_std(vals), len(vals)) if vals else None)
         rows.append(row)
     return columns, rows
 
