@@ -14,10 +14,10 @@ Every cell runs the same seeds (3), the same splits (the offline ARC-Easy pool: 
 ``runs/calibration-study`` and archived (results only) in ``benchmarks/results/calibration_study``,
 so the grid continues where the last machine stopped:
 
-    python benchmarks/calibration_study.py run [--shard 0/2]    # two processes: 0/2 and 1/2
+    python benchmarks/calibration_study.py run [--share]        # start it twice: two processes share the grid
                                                                 # (a 1-seed screen first, see phases())
     python benchmarks/calibration_study.py report               # tables, sigma plot (finished cells)
-    python benchmarks/calibration_study.py target [--shard 0/2] [--tasks arc_challenge] [--full-test]
+    python benchmarks/calibration_study.py target [--share] [--tasks arc_challenge] [--full-test]
                                                                 # the defaults vs mle on ARC-E, ARC-C
 
 ``report`` writes benchmarks/results/calibration_study.{md,json}, calibration_study_sigma.png and
@@ -385,6 +385,9 @@ def main() -> None:
     parser.add_argument(
         "--shard", type=parse_shard, default=None, help="I/N: run only shard I of N (0-based)"
     )
+    parser.add_argument(
+        "--share", action="store_true", help="share the grid with other --share processes (claim files)"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (1 per process for two)")
     parser.add_argument(
         "--tasks", default="arc_easy,arc_challenge", help="target: the tasks (comma-separated)"
@@ -401,7 +404,7 @@ def main() -> None:
         report_target(target)
         return
     for config in phases() if args.what == "run" else [target]:
-        run_bench(config, progress=True, shard=args.shard)
+        run_bench(config, progress=True, shard=args.shard, share=args.share)
 
 
 if __name__ == "__main__":

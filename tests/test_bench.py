@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import socket
 from pathlib import Path
 
 import pytest
 from conftest import save_tiny_model
 
-from scalabl.bench import BenchConfig, collect, table_rows, to_csv, to_latex, to_markdown
+from scalabl.bench import BenchConfig, collect, run_bench, table_rows, to_csv, to_latex, to_markdown
 from scalabl.cli import main
 
 # the folder of that cell as computed before quant, device, gradient_checkpointing and
@@ -226,3 +228,27 @@ def test_a_shard_runs_only_its_cells(bench, tmp_path):
     sharded = BenchConfig.from_file(shard_path)
     ran = {c for c in sharded.grid() if sharded.finished_dir(*c) is not None}
     assert ran == set(sharded.shard_cells(1, 2)) == {("scalabl", "arc_easy", 0)}
+
+
+def test_shared_processes_skip_groups_claimed_by_a_live_process(bench, tmp_path):
+    path, _ = bench
+    raw = json.loads(path.read_text())
+    raw["out"] = str(tmp_path / "out")
+    raw["seeds"] = [0]
+    raw["tasks"], raw["ood"] = ["arc_easy"], {}
+    shared_path = tmp_path / "b.json"
+    shared_path.write_text(json.dumps(raw))
+    shared = BenchConfig.from_file(shared_path)
+    assert [key for key, _ in shared.groups()] == [("mle", "arc_easy", 0), ("scalabl", "arc_easy", 0)]
+    busy = shared.claim_path(("mle", "arc_easy", 0))
+    busy.parent.mkdir(parents=True)
+    busy.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))  # alive: this process
+    assert main(["bench", str(shared_path), "--quiet", "--share"]) == 0
+    ran = {c for c in shared.grid() if shared.finished_dir(*c) is not None}
+    assert ran == {("scalabl", "arc_easy", 0)}  # the claimed group (mle and its temperature) was left alone
+    assert busy.exists() and not shared.claim_path(("scalabl", "arc_easy", 0)).exists()  # own claim released
+    busy.unlink()  # its owner finished or died: the next shared process takes the group
+    assert main(["bench", str(shared_path), "--quiet", "--share"]) == 0
+    assert all(shared.finished_dir(*c) is not None for c in shared.grid())
+    with pytest.raises(ValueError, match="not both"):
+        run_bench(shared, progress=False, shard=(0, 2), share=True)

@@ -28,6 +28,10 @@ stopped; ``scalabl bench CONFIG --archive`` copies the finished cells of ``out``
 cell whose source finished only in the archive re-runs the source first (same config and seed: the
 same adapter) to get its weights.
 
+Several processes can share a grid: start each with ``--share`` (each claims the next free group of
+a root method's cell and its post-hoc cells through a file under ``out/claims``) or with ``--shard
+I/N`` (a fixed round-robin part each).
+
 Outputs in ``out``: one table per metric with mean +- std over seeds (rows: method, columns: task;
 and the shifted tasks), as ``tables/METRIC.md``, ``.csv`` and ``.tex``; ``summary.md`` with all
 tables; and ``reliability_TASK.png`` per task with every method's predictions pooled over seeds.
@@ -42,6 +46,7 @@ import json
 import math
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +54,7 @@ from typing import Any
 import torch
 
 from scalabl.config import check_fields
-from scalabl.io import atomic_path, write_json, write_text
+from scalabl.io import atomic_path, claim, write_json, write_text
 
 # metric key -> (header, scale, format); ECE in percent as in the papers
 METRICS: dict[str, tuple[str, float, str]] = {
@@ -130,21 +135,27 @@ class BenchConfig:
             label = self.methods[label]["from"]
         return label
 
+    def groups(self) -> list[tuple[tuple[str, str, int], list[tuple[str, str, int]]]]:
+        """The grid's cells grouped by (root method, task, seed), in grid order: a post-hoc cell is in
+        its source's group, so whoever runs a group trains the adapter its post-hoc cells start from."""
+        groups: dict[tuple[str, str, int], list[tuple[str, str, int]]] = {}
+        for label, task, seed in self.grid():
+            groups.setdefault((self.root(label), task, seed), []).append((label, task, seed))
+        return list(groups.items())
+
     def shard_cells(self, index: int, count: int) -> list[tuple[str, str, int]]:
-        """The cells shard ``index`` of ``count`` runs: a post-hoc cell stays with its source's shard
-        (same task and seed), so two processes never train the same adapter; groups are dealt out
+        """The cells shard ``index`` of ``count`` runs: the groups of :meth:`groups` (a post-hoc
+        cell stays with its source, so two processes never train the same adapter), dealt out
         round-robin in grid order."""
         if not 0 <= index < count:
             raise ValueError(f"shard: index must be in 0..{count - 1}, got {index}")
-        groups: list[tuple[str, str, int]] = []
-        for label, task, seed in self.grid():
-            key = (self.root(label), task, seed)
-            if key not in groups:
-                groups.append(key)
-        mine = {g for i, g in enumerate(groups) if i % count == index}
-        return [
-            (label, task, seed) for label, task, seed in self.grid() if (self.root(label), task, seed) in mine
-        ]
+        mine = {key for i, (key, _) in enumerate(self.groups()) if i % count == index}
+        return [cell for key, cells in self.groups() if key in mine for cell in cells]
+
+    def claim_path(self, key: tuple[str, str, int]) -> Path:
+        """The claim file of a group under ``out`` (see ``run_bench(share=True)``)."""
+        root, task, seed = key
+        return Path(self.out) / "claims" / f"{root}-{task.replace(':', '_').replace('/', '_')}-seed{seed}"
 
     def run_config(self, label: str, task: str, seed: int):
         from scalabl.runs import RunConfig
@@ -194,44 +205,64 @@ class BenchConfig:
 
 
 def run_bench(
-    config: BenchConfig, *, progress: bool = True, shard: tuple[int, int] | None = None
+    config: BenchConfig,
+    *,
+    progress: bool = True,
+    shard: tuple[int, int] | None = None,
+    share: bool = False,
 ) -> dict[str, Any]:
-    """Run every missing cell (or only shard ``(index, count)``'s: several processes can share one
-    grid), then write the tables of every finished cell; returns the collected results."""
+    """Run every missing cell, then write the tables of every finished cell; returns the collected
+    results.
+
+    Several processes can share one grid: with ``shard=(index, count)`` each runs a fixed part of it
+    (:meth:`BenchConfig.shard_cells`); with ``share=True`` each takes the next group of cells no other
+    process has claimed (a claim file under ``out/claims``), so any number of processes started the
+    same way keep busy until the grid is done, however unequal the cells' costs.
+    """
     from tqdm.auto import tqdm
 
-    from scalabl.api import ADAPTER_FILE
-    from scalabl.runs import train_run
-
-    cells = config.grid() if shard is None else config.shard_cells(*shard)
-    todo = [c for c in cells if config.finished_dir(*c) is None]
-    bar = tqdm(
-        total=len(cells),
-        initial=len(cells) - len(todo),
-        desc="bench cells",
-        disable=not progress,
-        unit="cell",
-    )
-    for label, task, seed in todo:
-        if config.finished_dir(label, task, seed) is not None:
-            bar.update(1)  # finished meanwhile by another bench process on the same grid
+    if shard is not None and share:
+        raise ValueError("bench: choose --shard I/N or --share, not both")
+    groups = config.groups()
+    if shard is not None:
+        mine = set(config.shard_cells(*shard))
+        groups = [(key, [c for c in cells if c in mine]) for key, cells in groups]
+        groups = [(key, cells) for key, cells in groups if cells]
+    total = sum(len(cells) for _, cells in groups)
+    done = sum(config.finished_dir(*c) is not None for _, cells in groups for c in cells)
+    bar = tqdm(total=total, initial=done, desc="bench cells", disable=not progress, unit="cell")
+    for key, cells in groups:
+        todo = [c for c in cells if config.finished_dir(*c) is None]
+        if not todo:
             continue
-        bar.set_postfix_str(f"{label} {task} seed {seed}")
-        t0 = time.perf_counter()
-        source = config.methods[label].get("from")
-        if source and not (config.cell_dir(source, task, seed) / ADAPTER_FILE).is_file():
-            # finished in the archive, which keeps no weights: re-run it (deterministic) for them
-            bar.write(f"re-running {source} {task} seed {seed} for its adapter")
-            train_run(
-                config.run_config(source, task, seed), config.cell_dir(source, task, seed), progress=False
-            )
-        train_run(config.run_config(label, task, seed), config.cell_dir(label, task, seed), progress=False)
-        bar.update(1)
-        bar.write(f"done {label} {task} seed {seed} in {time.perf_counter() - t0:.0f} s")
+        with claim(config.claim_path(key)) if share else nullcontext(True) as ours:
+            if ours:
+                for cell in todo:
+                    _run_cell(config, cell, bar)
     bar.close()
     results = collect(config)
     write_tables(config, results)
     return results
+
+
+def _run_cell(config: BenchConfig, cell: tuple[str, str, int], bar: Any) -> None:
+    from scalabl.api import ADAPTER_FILE
+    from scalabl.runs import train_run
+
+    label, task, seed = cell
+    if config.finished_dir(label, task, seed) is not None:
+        bar.update(1)  # finished meanwhile by another bench process on the same grid
+        return
+    bar.set_postfix_str(f"{label} {task} seed {seed}")
+    t0 = time.perf_counter()
+    source = config.methods[label].get("from")
+    if source and not (config.cell_dir(source, task, seed) / ADAPTER_FILE).is_file():
+        # finished in the archive, which keeps no weights: re-run it (deterministic) for them
+        bar.write(f"re-running {source} {task} seed {seed} for its adapter")
+        train_run(config.run_config(source, task, seed), config.cell_dir(source, task, seed), progress=False)
+    train_run(config.run_config(label, task, seed), config.cell_dir(label, task, seed), progress=False)
+    bar.update(1)
+    bar.write(f"done {label} {task} seed {seed} in {time.perf_counter() - t0:.0f} s")
 
 
 def collect(config: BenchConfig) -> dict[str, Any]:

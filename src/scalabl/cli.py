@@ -283,7 +283,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.tables_only:
         write_tables(config, collect(config))
     else:
-        run_bench(config, progress=not args.quiet, shard=args.shard)
+        run_bench(config, progress=not args.quiet, shard=args.shard, share=args.share)
     print((Path(config.out) / "summary.md").read_text())
     if args.archive:
         print(f"archived {archive_cells(config)} finished cells in {config.archive}")
@@ -399,6 +399,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="I/N",
         help="run only shard I of N (0-based; a post-hoc cell goes with its source): start N processes "
         "with 0/N .. N-1/N to share a grid",
+    )
+    p.add_argument(
+        "--share",
+        action="store_true",
+        help="share the grid with other processes started the same way: each claims the next free group "
+        "of cells (a file under OUT/claims), so all keep busy until the grid is done",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_bench)
