@@ -153,9 +153,10 @@ class BenchConfig:
         return [cell for key, cells in self.groups() if key in mine for cell in cells]
 
     def claim_path(self, key: tuple[str, str, int]) -> Path:
-        """The claim file of a group under ``out`` (see ``run_bench(share=True)``)."""
-        root, task, seed = key
-        return Path(self.out) / "claims" / f"{root}-{task.replace(':', '_').replace('/', '_')}-seed{seed}"
+        """The claim file of a group (see ``run_bench(share=True)``): named like its root cell's
+        folder, config hash included, so only processes running that very cell contend for it."""
+        cells = Path(self.out) / "cells"
+        return Path(self.out) / "claims" / self.cell_dir(*key).relative_to(cells)
 
     def run_config(self, label: str, task: str, seed: int):
         from scalabl.runs import RunConfig
