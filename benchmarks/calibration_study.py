@@ -21,7 +21,8 @@ so the grid continues where the last machine stopped:
                                                                 # the defaults vs mle on ARC-E, ARC-C
 
 ``report`` writes benchmarks/results/calibration_study.{md,json}, calibration_study_sigma.png and
-calibration_target.{md,json}.
+calibration_target.{md,json} (100 questions) and calibration_target_full.{md,json} (the
+whole test split, after ``target --full-test``).
 """
 
 from __future__ import annotations
@@ -329,12 +330,17 @@ def report(config: BenchConfig) -> dict[str, Any]:
 
 def report_target(config: BenchConfig) -> dict[str, Any]:
     """The issue's target on each task: ScalaBL (defaults) ECE <= half of mle's, NLL below mle's,
-    ACC within 1 point; writes calibration_target.{md,json}."""
+    ACC within 1 point; writes calibration_target.{md,json} (the first ``max_test`` test questions)
+    or calibration_target_full.{md,json} (the whole test split)."""
     results = collect(config)
+    full = config.base.get("max_test") is None
+    stem = "calibration_target_full" if full else "calibration_target"
     lines = [
-        "# The defaults against plain LoRA on the whole test split",
+        "# The defaults against plain LoRA on the "
+        + ("whole test split" if full else "first test questions"),
         "",
-        "`python benchmarks/calibration_study.py target` then `report`. Same budget as the study "
+        f"`python benchmarks/calibration_study.py target{' --full-test' if full else ''}` then `report`. "
+        "Same budget as the study "
         f"({BASE['train']['steps']} steps of batch {BASE['train']['batch_size']}, lr {BASE['train']['lr']}); "
         "`scalabl-defaults` is `--method scalabl` with no posterior or training option given. "
         "Mean ± sample std over seeds.",
@@ -373,8 +379,8 @@ def report_target(config: BenchConfig) -> dict[str, Any]:
             out[task]["target"] = {"ece_ratio": ratio, "nll_diff": d_nll, "acc_diff": d_acc, "met": met}
         lines.append("")
     text = "\n".join(lines)
-    write_text(RESULTS / "calibration_target.md", text)
-    write_json(RESULTS / "calibration_target.json", out)
+    write_text(RESULTS / f"{stem}.md", text)
+    write_json(RESULTS / f"{stem}.json", out)
     print(text)
     return out
 
@@ -401,7 +407,8 @@ def main() -> None:
     target = target_config(tuple(args.tasks.split(",")), args.full_test)
     if args.what == "report":
         report(study_config())
-        report_target(target)
+        report_target(target_config(tuple(args.tasks.split(","))))
+        report_target(target_config(tuple(args.tasks.split(",")), full_test=True))
         return
     for config in phases() if args.what == "run" else [target]:
         run_bench(config, progress=True, shard=args.shard, share=args.share)
