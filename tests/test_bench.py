@@ -11,7 +11,17 @@ from pathlib import Path
 import pytest
 from conftest import save_tiny_model
 
-from scalabl.bench import BenchConfig, collect, run_bench, table_rows, to_csv, to_latex, to_markdown
+from scalabl.bench import (
+    BenchConfig,
+    collect,
+    paired_markdown,
+    paired_rows,
+    run_bench,
+    table_rows,
+    to_csv,
+    to_latex,
+    to_markdown,
+)
 from scalabl.cli import main
 
 # the folder of that cell as computed before quant, device, gradient_checkpointing and
@@ -252,3 +262,52 @@ def test_shared_processes_skip_groups_claimed_by_a_live_process(bench, tmp_path)
     assert all(shared.finished_dir(*c) is not None for c in shared.grid())
     with pytest.raises(ValueError, match="not both"):
         run_bench(shared, progress=False, shard=(0, 2), share=True)
+
+
+def _metrics(acc: float, ece: float, ood_ece: float | None = None) -> dict:
+    out = {"eval": {"S=4": {"acc": acc, "ece": ece}}}
+    if ood_ece is not None:
+        out["ood"] = {"arc_c": {"S=4": {"ece": ood_ece}}}
+    return out
+
+
+def test_paired_tables_difference_each_seed_against_the_reference():
+    config = BenchConfig(
+        tasks=["arc_easy", "obqa"],
+        seeds=[0, 1, 2],
+        methods={"mle": {}, "scalabl": {}},
+        ood={"obqa": ["arc_c"]},
+        reference="mle",
+    )
+    results = {
+        "mle": {
+            "arc_easy": {0: _metrics(0.50, 0.30), 1: _metrics(0.60, 0.20), 2: _metrics(0.70, 0.10)},
+            "obqa": {0: _metrics(0.40, 0.40, 0.50)},
+        },
+        "scalabl": {
+            "arc_easy": {0: _metrics(0.55, 0.20), 1: _metrics(0.60, 0.25), 2: _metrics(0.60, 0.05)},
+            "obqa": {0: _metrics(0.40, 0.40, 0.45), 1: _metrics(0.9, 0.9, 0.9)},  # seed 1: no mle pair
+        },
+    }
+    columns, rows = paired_rows(config, results, "ece", "mle")
+    assert columns == ["arc_easy", "obqa", "obqa→arc_c"] and [r[0] for r in rows] == ["scalabl"]
+    mean, std, n, wins = rows[0][1]
+    diffs = [-10.0, 5.0, -5.0]  # ECE in percent, scalabl minus mle per seed
+    assert mean == pytest.approx(sum(diffs) / 3)
+    assert std == pytest.approx(math.sqrt(sum((d - sum(diffs) / 3) ** 2 for d in diffs) / 2))
+    assert (n, wins) == (3, 2)  # lower ECE is better: seeds 0 and 2
+    assert rows[0][2] == pytest.approx((0.0, 0.0, 1, 0))  # a tie is not a win; unpaired seed 1 left out
+    assert rows[0][3] == pytest.approx((-5.0, 0.0, 1, 1))
+    _, acc_rows = paired_rows(config, results, "acc", "mle")
+    assert acc_rows[0][1][3] == 1  # higher ACC is better: seed 0 only
+    text = paired_markdown("ece", columns, rows)
+    assert "| scalabl | -3.3 ± 7.6 (2/3) | +0.0 (0/1) | -5.0 (1/1) |" in text
+    with pytest.raises(ValueError, match="reference"):
+        BenchConfig(tasks=["arc_easy"], methods={"mle": {}}, reference="scalabl")
+
+
+def test_summary_has_the_paired_tables(bench):
+    _, config = bench
+    summary = (Path(config.out) / "summary.md").read_text()
+    assert "## Against mle, paired by seed" in summary and "### ECE (%)" in summary
+    assert (Path(config.out) / "tables" / "ece_vs_mle.md").is_file()

@@ -33,8 +33,11 @@ a root method's cell and its post-hoc cells through a file under ``out/claims``)
 I/N`` (a fixed round-robin part each).
 
 Outputs in ``out``: one table per metric with mean +- std over seeds (rows: method, columns: task;
-and the shifted tasks), as ``tables/METRIC.md``, ``.csv`` and ``.tex``; ``summary.md`` with all
-tables; and ``reliability_TASK.png`` per task with every method's predictions pooled over seeds.
+and the shifted tasks), as ``tables/METRIC.md``, ``.csv`` and ``.tex``; paired tables of ACC,
+ECE, NLL and Brier against a reference method (``"reference"``, default the first method): each
+method's difference to it on the same task and seed, mean ± std, and on how many seeds it is better
+(``tables/METRIC_vs_REFERENCE.md``); ``summary.md`` with all tables; and ``reliability_TASK.png``
+per task with every method's predictions pooled over seeds.
 """
 
 from __future__ import annotations
@@ -89,6 +92,7 @@ class BenchConfig:
     ood: dict[str, list[str]] = field(default_factory=dict)
     out: str = "runs/bench"
     archive: str | None = None
+    reference: str | None = None  # the method the paired tables compare against (default: the first)
 
     def __post_init__(self) -> None:
         if not self.tasks:
@@ -110,6 +114,8 @@ class BenchConfig:
         for task in self.ood:
             if task not in self.tasks:
                 raise ValueError(f"ood: {task!r} is not one of the tasks {self.tasks}")
+        if self.reference is not None and self.reference not in self.methods:
+            raise ValueError(f"reference: {self.reference!r} is not one of the methods {names}")
         for label, task, seed in self.grid():  # every cell's config must validate up front
             self.run_config(label, task, seed)
 
@@ -300,6 +306,10 @@ def archive_cells(config: BenchConfig) -> int:
     return n
 
 
+# the metrics of the paired tables (each method against the reference method, seed by seed)
+PAIRED = ("acc", "ece", "nll", "brier")
+
+
 def headline_key(metrics: dict[str, Any]) -> str:
     """The evaluation a table reports for a run: its first sample count (S for Bayesian methods)."""
     return next(iter(metrics["eval"]))
@@ -313,33 +323,82 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return mean, std
 
 
+def seed_values(
+    config: BenchConfig, results: dict[str, Any], label: str, metric: str
+) -> dict[str, dict[int, float]]:
+    """A method's value of ``metric`` (in table units) per column and seed: the in-distribution tasks
+    (not for the OOD AUROCs) and then every ``task→shifted`` column."""
+    scale = METRICS[metric][1]
+    per_task = results.get(label, {})
+    out: dict[str, dict[int, float]] = {}
+    if metric not in ("auroc_max_prob", "auroc_entropy"):
+        for task in config.tasks:
+            runs = per_task.get(task, {})
+            vals = {seed: m["eval"][headline_key(m)].get(metric) for seed, m in runs.items()}
+            out[task] = {seed: scale * v for seed, v in vals.items() if v is not None}
+    for task in config.tasks:
+        runs = per_task.get(task, {})
+        for shifted in config.ood.get(task, []):
+            vals = {
+                seed: m.get("ood", {}).get(shifted, {}).get(headline_key(m), {}).get(metric)
+                for seed, m in runs.items()
+            }
+            out[f"{task}→{shifted}"] = {seed: scale * v for seed, v in vals.items() if v is not None}
+    return out
+
+
 def table_rows(
     config: BenchConfig, results: dict[str, Any], metric: str
 ) -> tuple[list[str], list[list[Any]]]:
     """Columns and rows of one metric's table: cells are (mean, std, n seeds) or None."""
-    scale = METRICS[metric][1]
-    ood_cols = [(task, shifted) for task in config.tasks for shifted in config.ood.get(task, [])]
-    in_dist = metric not in ("auroc_max_prob", "auroc_entropy")
-    columns = ([*config.tasks] if in_dist else []) + [f"{t}→{s}" for t, s in ood_cols]
+    columns: list[str] = []
     rows = []
     for label in config.methods:
+        per_column = seed_values(config, results, label, metric)
+        columns = list(per_column)
         row: list[Any] = [label]
-        per_task = results.get(label, {})
-        if in_dist:
-            for task in config.tasks:
-                runs = per_task.get(task, {})
-                vals = [m["eval"][headline_key(m)].get(metric) for m in runs.values()]
-                vals = [scale * v for v in vals if v is not None]
-                row.append((*mean_std(vals), len(vals)) if vals else None)
-        for task, shifted in ood_cols:
-            runs = per_task.get(task, {})
-            vals = [
-                m.get("ood", {}).get(shifted, {}).get(headline_key(m), {}).get(metric) for m in runs.values()
-            ]
-            vals = [scale * v for v in vals if v is not None]
-            row.append((*mean_std(vals), len(vals)) if vals else None)
+        for vals in per_column.values():
+            v = list(vals.values())
+            row.append((*mean_std(v), len(v)) if v else None)
         rows.append(row)
     return columns, rows
+
+
+def paired_rows(
+    config: BenchConfig, results: dict[str, Any], metric: str, reference: str
+) -> tuple[list[str], list[list[Any]]]:
+    """Each method against ``reference``, paired by seed: cells are (mean difference, its sample std,
+    n seeds both ran, seeds where the method is better) or None. Better: higher for ACC and the
+    AUROCs, lower for the rest."""
+    higher_better = metric in ("acc", "auroc_max_prob", "auroc_entropy")
+    ref = seed_values(config, results, reference, metric)
+    rows = []
+    for label in config.methods:
+        if label == reference:
+            continue
+        row: list[Any] = [label]
+        for column, vals in seed_values(config, results, label, metric).items():
+            seeds = sorted(set(vals) & set(ref.get(column, {})))
+            diffs = [vals[s] - ref[column][s] for s in seeds]
+            wins = sum(d > 0 if higher_better else d < 0 for d in diffs)
+            row.append((*mean_std(diffs), len(diffs), wins) if diffs else None)
+        rows.append(row)
+    return list(ref), rows
+
+
+def paired_markdown(metric: str, columns: list[str], rows: list[list[Any]]) -> str:
+    """A paired table: ``+1.2 ± 0.8 (2/3)`` = mean difference ± std, better on 2 of 3 seeds."""
+    fmt = METRICS[metric][2].replace("{:", "{:+")
+
+    def text(cell: Any) -> str:
+        if cell is None:
+            return "-"
+        mean, std, n, wins = cell
+        return fmt.format(mean) + (f" ± {METRICS[metric][2].format(std)}" if n > 1 else "") + f" ({wins}/{n})"
+
+    lines = ["| method | " + " | ".join(columns) + " |", "| --- |" + " --- |" * len(columns)]
+    lines += ["| " + " | ".join([r[0], *(text(c) for c in r[1:])]) + " |" for r in rows]
+    return "\n".join(lines)
 
 
 def _cell_text(cell: Any, fmt: str, sep: str) -> str:
@@ -401,6 +460,22 @@ def write_tables(config: BenchConfig, results: dict[str, Any]) -> None:
         write_text(out / "tables" / f"{metric}.csv", to_csv(metric, columns, rows))
         write_text(out / "tables" / f"{metric}.tex", to_latex(metric, columns, rows))
         sections += [f"## {header}", "", to_markdown(metric, columns, rows), ""]
+    reference = config.reference or next(iter(config.methods))
+    if len(config.methods) > 1:
+        sections += [
+            f"## Against {reference}, paired by seed",
+            "",
+            f"Each method's value minus {reference}'s on the same task and seed: mean ± std over the "
+            f"seeds both finished, and (k/n) = better than {reference} on k of n seeds.",
+            "",
+        ]
+        for metric in PAIRED:
+            columns, rows = paired_rows(config, results, metric, reference)
+            if all(c is None for r in rows for c in r[1:]):
+                continue
+            table = paired_markdown(metric, columns, rows)
+            write_text(out / "tables" / f"{metric}_vs_{reference}.md", table + "\n")
+            sections += [f"### {METRICS[metric][0]}", "", table, ""]
     for task in config.tasks:
         curves = {}
         for label in config.methods:
