@@ -161,8 +161,8 @@ class BenchConfig:
     def claim_path(self, key: tuple[str, str, int]) -> Path:
         """The claim file of a group (see ``run_bench(share=True)``): named like its root cell's
         folder, config hash included, so only processes running that very cell contend for it."""
-        cells = Path(self.out) / "cells"
-        return Path(self.out) / "claims" / self.cell_dir(*key).relative_to(cells)
+        parts = self.cell_dir(*key).relative_to(Path(self.out) / "cells").parts
+        return Path(self.out) / "claims" / "-".join(parts)  # flat: released claims leave no folders
 
     def run_config(self, label: str, task: str, seed: int):
         from scalabl.runs import RunConfig
