@@ -404,13 +404,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    target = target_config(tuple(args.tasks.split(",")), args.full_test)
+    tasks = tuple(args.tasks.split(","))
     if args.what == "report":
         report(study_config())
-        report_target(target_config(tuple(args.tasks.split(","))))
-        report_target(target_config(tuple(args.tasks.split(",")), full_test=True))
+        report_target(target_config(tasks))
+        report_target(target_config(tasks, full_test=True))
         return
-    for config in phases() if args.what == "run" else [target]:
+    for config in phases() if args.what == "run" else [target_config(tasks, args.full_test)]:
         run_bench(config, progress=True, shard=args.shard, share=args.share)
 
 

@@ -226,29 +226,26 @@ def test_shard_option_names_the_expected_form(bad, tmp_path, capsys):
     assert "I/N" in capsys.readouterr().err
 
 
-def test_a_shard_runs_only_its_cells(bench, tmp_path):
-    path, config = bench
-    raw = json.loads(path.read_text())
+def _one_seed_grid(bench, tmp_path) -> tuple[Path, BenchConfig]:
+    """The fixture's grid cut to ARC-Easy, seed 0, no OOD, in a fresh out folder: its file and config."""
+    raw = json.loads(bench[0].read_text())
     raw["out"] = str(tmp_path / "out")
     raw["seeds"] = [0]
     raw["tasks"], raw["ood"] = ["arc_easy"], {}
-    shard_path = tmp_path / "b.json"
-    shard_path.write_text(json.dumps(raw))
+    path = tmp_path / "b.json"
+    path.write_text(json.dumps(raw))
+    return path, BenchConfig.from_file(path)
+
+
+def test_a_shard_runs_only_its_cells(bench, tmp_path):
+    shard_path, sharded = _one_seed_grid(bench, tmp_path)
     assert main(["bench", str(shard_path), "--quiet", "--shard", "1/2"]) == 0
-    sharded = BenchConfig.from_file(shard_path)
     ran = {c for c in sharded.grid() if sharded.finished_dir(*c) is not None}
     assert ran == set(sharded.shard_cells(1, 2)) == {("scalabl", "arc_easy", 0)}
 
 
 def test_shared_processes_skip_groups_claimed_by_a_live_process(bench, tmp_path):
-    path, _ = bench
-    raw = json.loads(path.read_text())
-    raw["out"] = str(tmp_path / "out")
-    raw["seeds"] = [0]
-    raw["tasks"], raw["ood"] = ["arc_easy"], {}
-    shared_path = tmp_path / "b.json"
-    shared_path.write_text(json.dumps(raw))
-    shared = BenchConfig.from_file(shared_path)
+    shared_path, shared = _one_seed_grid(bench, tmp_path)
     assert [key for key, _ in shared.groups()] == [("mle", "arc_easy", 0), ("scalabl", "arc_easy", 0)]
     busy = shared.claim_path(("mle", "arc_easy", 0))
     busy.parent.mkdir(parents=True)

@@ -49,6 +49,7 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,14 +150,19 @@ class BenchConfig:
             groups.setdefault((self.root(label), task, seed), []).append((label, task, seed))
         return list(groups.items())
 
-    def shard_cells(self, index: int, count: int) -> list[tuple[str, str, int]]:
-        """The cells shard ``index`` of ``count`` runs: the groups of :meth:`groups` (a post-hoc
-        cell stays with its source, so two processes never train the same adapter), dealt out
-        round-robin in grid order."""
+    def shard_groups(
+        self, index: int, count: int
+    ) -> list[tuple[tuple[str, str, int], list[tuple[str, str, int]]]]:
+        """The groups of :meth:`groups` that shard ``index`` of ``count`` runs, dealt out round-robin
+        in grid order (a post-hoc cell stays with its source, so two processes never train the same
+        adapter)."""
         if not 0 <= index < count:
             raise ValueError(f"shard: index must be in 0..{count - 1}, got {index}")
-        mine = {key for i, (key, _) in enumerate(self.groups()) if i % count == index}
-        return [cell for key, cells in self.groups() if key in mine for cell in cells]
+        return [group for i, group in enumerate(self.groups()) if i % count == index]
+
+    def shard_cells(self, index: int, count: int) -> list[tuple[str, str, int]]:
+        """The cells shard ``index`` of ``count`` runs (see :meth:`shard_groups`)."""
+        return [cell for _, cells in self.shard_groups(index, count) for cell in cells]
 
     def claim_path(self, key: tuple[str, str, int]) -> Path:
         """The claim file of a group (see ``run_bench(share=True)``): named like its root cell's
@@ -230,11 +236,7 @@ def run_bench(
 
     if shard is not None and share:
         raise ValueError("bench: choose --shard I/N or --share, not both")
-    groups = config.groups()
-    if shard is not None:
-        mine = set(config.shard_cells(*shard))
-        groups = [(key, [c for c in cells if c in mine]) for key, cells in groups]
-        groups = [(key, cells) for key, cells in groups if cells]
+    groups = config.groups() if shard is None else config.shard_groups(*shard)
     total = sum(len(cells) for _, cells in groups)
     done = sum(config.finished_dir(*c) is not None for _, cells in groups for c in cells)
     bar = tqdm(total=total, initial=done, desc="bench cells", disable=not progress, unit="cell")
@@ -306,6 +308,8 @@ def archive_cells(config: BenchConfig) -> int:
     return n
 
 
+# metrics that exist only for a shifted task (no in-distribution column)
+OOD_ONLY = ("auroc_max_prob", "auroc_entropy")
 # the metrics of the paired tables (each method against the reference method, seed by seed)
 PAIRED = ("acc", "ece", "nll", "brier")
 
@@ -331,7 +335,7 @@ def seed_values(
     scale = METRICS[metric][1]
     per_task = results.get(label, {})
     out: dict[str, dict[int, float]] = {}
-    if metric not in ("auroc_max_prob", "auroc_entropy"):
+    if metric not in OOD_ONLY:
         for task in config.tasks:
             runs = per_task.get(task, {})
             vals = {seed: m["eval"][headline_key(m)].get(metric) for seed, m in runs.items()}
@@ -370,7 +374,7 @@ def paired_rows(
     """Each method against ``reference``, paired by seed: cells are (mean difference, its sample std,
     n seeds both ran, seeds where the method is better) or None. Better: higher for ACC and the
     AUROCs, lower for the rest."""
-    higher_better = metric in ("acc", "auroc_max_prob", "auroc_entropy")
+    higher_better = metric == "acc" or metric in OOD_ONLY
     ref = seed_values(config, results, reference, metric)
     rows = []
     for label in config.methods:
@@ -396,9 +400,7 @@ def paired_markdown(metric: str, columns: list[str], rows: list[list[Any]]) -> s
         mean, std, n, wins = cell
         return fmt.format(mean) + (f" ± {METRICS[metric][2].format(std)}" if n > 1 else "") + f" ({wins}/{n})"
 
-    lines = ["| method | " + " | ".join(columns) + " |", "| --- |" + " --- |" * len(columns)]
-    lines += ["| " + " | ".join([r[0], *(text(c) for c in r[1:])]) + " |" for r in rows]
-    return "\n".join(lines)
+    return _markdown(columns, rows, text)
 
 
 def _cell_text(cell: Any, fmt: str, sep: str) -> str:
@@ -408,11 +410,15 @@ def _cell_text(cell: Any, fmt: str, sep: str) -> str:
     return fmt.format(mean) + (f"{sep}{fmt.format(std)}" if n > 1 else "")
 
 
+def _markdown(columns: list[str], rows: list[list[Any]], cell_text: Callable[[Any], str]) -> str:
+    lines = ["| method | " + " | ".join(columns) + " |", "| --- |" + " --- |" * len(columns)]
+    lines += ["| " + " | ".join([r[0], *(cell_text(c) for c in r[1:])]) + " |" for r in rows]
+    return "\n".join(lines)
+
+
 def to_markdown(metric: str, columns: list[str], rows: list[list[Any]]) -> str:
     fmt = METRICS[metric][2]
-    lines = ["| method | " + " | ".join(columns) + " |", "| --- |" + " --- |" * len(columns)]
-    lines += ["| " + " | ".join([r[0], *(_cell_text(c, fmt, " ± ") for c in r[1:])]) + " |" for r in rows]
-    return "\n".join(lines)
+    return _markdown(columns, rows, lambda c: _cell_text(c, fmt, " ± "))
 
 
 def to_csv(metric: str, columns: list[str], rows: list[list[Any]]) -> str:
