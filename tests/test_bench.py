@@ -264,7 +264,7 @@ def test_shared_processes_skip_groups_claimed_by_a_live_process(bench, tmp_path)
 def _metrics(acc: float, ece: float, ood_ece: float | None = None) -> dict:
     out = {"eval": {"S=4": {"acc": acc, "ece": ece}}}
     if ood_ece is not None:
-        out["ood"] = {"arc_c": {"S=4": {"ece": ood_ece}}}
+        out["ood"] = {"arc_c": {"S=4": {"ece": ood_ece, "auroc_max_prob": 1.0 - ood_ece}}}
     return out
 
 
@@ -297,6 +297,9 @@ def test_paired_tables_difference_each_seed_against_the_reference():
     assert rows[0][3] == pytest.approx((-5.0, 0.0, 1, 1))
     _, acc_rows = paired_rows(config, results, "acc", "mle")
     assert acc_rows[0][1][3] == 1  # higher ACC is better: seed 0 only
+    auroc_columns, auroc_rows = paired_rows(config, results, "auroc_max_prob", "mle")
+    assert auroc_columns == ["obqa→arc_c"]  # an OOD AUROC has only shifted columns
+    assert auroc_rows[0][1] == pytest.approx((0.05, 0.0, 1, 1))  # higher AUROC is better
     text = paired_markdown("ece", columns, rows)
     assert "| scalabl | -3.3 ± 7.6 (2/3) | +0.0 (0/1) | -5.0 (1/1) |" in text
     with pytest.raises(ValueError, match="reference"):

@@ -310,8 +310,8 @@ def archive_cells(config: BenchConfig) -> int:
 
 # metrics that exist only for a shifted task (no in-distribution column)
 OOD_ONLY = ("auroc_max_prob", "auroc_entropy")
-# the metrics of the paired tables (each method against the reference method, seed by seed)
-PAIRED = ("acc", "ece", "nll", "brier")
+# the metrics of the paired tables (each method against the reference method, seed by seed): all
+PAIRED = tuple(METRICS)
 
 
 def headline_key(metrics: dict[str, Any]) -> str:
