@@ -105,10 +105,15 @@ def test_tables_are_mean_and_sample_std_over_seeds(bench):
     assert csv_text.splitlines()[0].startswith("method,arc_easy mean,arc_easy std")
     assert r"\begin{tabular}" in tex and r"$\pm$" in tex and r"obqa$\to$arc\_c" in tex
     out = config.out
-    for metric in ("acc", "ece", "nll", "brier", "aurc", "auroc_entropy"):
+    for metric in ("acc", "ece", "nll", "brier", "aurc", "acc_cov80", "auroc_entropy"):
         for ext in ("md", "csv", "tex"):
             assert (Path(out) / "tables" / f"{metric}.{ext}").is_file()
-    assert (Path(out) / "reliability_obqa.png").is_file()
+    assert (Path(out) / "reliability_obqa.png").is_file() and (Path(out) / "selective_obqa.png").is_file()
+    _, cov_rows = table_rows(config, results, "acc_cov50")
+    mle = next(r for r in cov_rows if r[0] == "mle")
+    assert mle[1][0] == pytest.approx(
+        sum(results["mle"]["arc_easy"][s]["eval"]["S=0"]["acc_cov50"] for s in (0, 1)) / 2
+    )
 
 
 @pytest.mark.parametrize(
@@ -297,6 +302,10 @@ def test_paired_tables_difference_each_seed_against_the_reference():
     assert rows[0][3] == pytest.approx((-5.0, 0.0, 1, 1))
     _, acc_rows = paired_rows(config, results, "acc", "mle")
     assert acc_rows[0][1][3] == 1  # higher ACC is better: seed 0 only
+    for seed_metrics in (*results["mle"]["arc_easy"].values(), *results["scalabl"]["arc_easy"].values()):
+        seed_metrics["eval"]["S=4"]["acc_cov50"] = seed_metrics["eval"]["S=4"]["acc"]
+    _, cov_rows = paired_rows(config, results, "acc_cov50", "mle")
+    assert cov_rows[0][1][3] == 1  # selective accuracy: higher is better too
     auroc_columns, auroc_rows = paired_rows(config, results, "auroc_max_prob", "mle")
     assert auroc_columns == ["obqa→arc_c"]  # an OOD AUROC has only shifted columns
     assert auroc_rows[0][1] == pytest.approx((0.05, 0.0, 1, 1))  # higher AUROC is better

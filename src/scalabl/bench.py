@@ -33,11 +33,12 @@ a root method's cell and its post-hoc cells through a file under ``out/claims``)
 I/N`` (a fixed round-robin part each).
 
 Outputs in ``out``: one table per metric with mean +- std over seeds (rows: method, columns: task;
-and the shifted tasks), as ``tables/METRIC.md``, ``.csv`` and ``.tex``; paired tables of ACC,
-ECE, NLL and Brier against a reference method (``"reference"``, default the first method): each
+and the shifted tasks), as ``tables/METRIC.md``, ``.csv`` and ``.tex``; paired tables of every
+metric against a reference method (``"reference"``, default the first method): each
 method's difference to it on the same task and seed, mean ± std, and on how many seeds it is better
 (``tables/METRIC_vs_REFERENCE.md``); ``summary.md`` with all tables; and ``reliability_TASK.png``
-per task with every method's predictions pooled over seeds.
+and ``selective_TASK.png`` (risk-coverage curves) per task with every method's predictions pooled
+over seeds.
 """
 
 from __future__ import annotations
@@ -67,6 +68,9 @@ METRICS: dict[str, tuple[str, float, str]] = {
     "nll": ("NLL", 1.0, "{:.3f}"),
     "brier": ("Brier", 1.0, "{:.3f}"),
     "aurc": ("AURC", 1.0, "{:.3f}"),
+    "acc_cov50": ("ACC at 50% coverage", 1.0, "{:.3f}"),
+    "acc_cov80": ("ACC at 80% coverage", 1.0, "{:.3f}"),
+    "acc_cov90": ("ACC at 90% coverage", 1.0, "{:.3f}"),
     "auroc_max_prob": ("OOD AUROC (max prob)", 1.0, "{:.3f}"),
     "auroc_entropy": ("OOD AUROC (entropy)", 1.0, "{:.3f}"),
 }
@@ -310,6 +314,8 @@ def archive_cells(config: BenchConfig) -> int:
 
 # metrics that exist only for a shifted task (no in-distribution column)
 OOD_ONLY = ("auroc_max_prob", "auroc_entropy")
+# metrics where a larger value is better (for the rest, ECE, NLL, Brier and AURC, smaller is)
+HIGHER_BETTER = ("acc", "acc_cov50", "acc_cov80", "acc_cov90", *OOD_ONLY)
 # the metrics of the paired tables (each method against the reference method, seed by seed): all
 PAIRED = tuple(METRICS)
 
@@ -372,9 +378,9 @@ def paired_rows(
     config: BenchConfig, results: dict[str, Any], metric: str, reference: str
 ) -> tuple[list[str], list[list[Any]]]:
     """Each method against ``reference``, paired by seed: cells are (mean difference, its sample std,
-    n seeds both ran, seeds where the method is better) or None. Better: higher for ACC and the
-    AUROCs, lower for the rest."""
-    higher_better = metric == "acc" or metric in OOD_ONLY
+    n seeds both ran, seeds where the method is better) or None. Better: higher for the accuracies
+    and the AUROCs, lower for the rest (:data:`HIGHER_BETTER`)."""
+    higher_better = metric in HIGHER_BETTER
     ref = seed_values(config, results, reference, metric)
     rows = []
     for label in config.methods:
@@ -452,8 +458,9 @@ def to_latex(metric: str, columns: list[str], rows: list[list[Any]]) -> str:
 
 
 def write_tables(config: BenchConfig, results: dict[str, Any]) -> None:
-    """tables/METRIC.{md,csv,tex}, summary.md and reliability_TASK.png under ``config.out``."""
-    from scalabl.report import plot_reliability
+    """tables/METRIC.{md,csv,tex}, summary.md, reliability_TASK.png and selective_TASK.png (the
+    risk-coverage curves) under ``config.out``."""
+    from scalabl.report import plot_reliability, plot_risk_coverage
     from scalabl.runs import load_predictions
 
     out = Path(config.out)
@@ -493,9 +500,9 @@ def write_tables(config: BenchConfig, results: dict[str, Any]) -> None:
             if parts:
                 curves[label] = (torch.cat([p for p, _ in parts]), torch.cat([y for _, y in parts]))
         if curves:
-            plot_reliability(
-                curves, out / f"reliability_{task.replace(':', '_')}.png", title=f"{task}, seeds pooled"
-            )
+            name = task.replace(":", "_")
+            plot_reliability(curves, out / f"reliability_{name}.png", title=f"{task}, seeds pooled")
+            plot_risk_coverage(curves, out / f"selective_{name}.png", title=f"{task}, seeds pooled")
     first = next((m for per in results.values() for runs in per.values() for m in runs.values()), None)
     head = [
         "# Benchmark",
