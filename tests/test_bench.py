@@ -158,6 +158,15 @@ def test_archive_lets_a_fresh_checkout_continue_the_grid(bench, tmp_path):
     kept = list((tmp_path / "archive" / "cells").rglob("metrics.json"))
     assert len(kept) == len(config.grid())
     assert not list((tmp_path / "archive").rglob("adapter.safetensors"))
+    out = Path(config.out)
+    for name in (
+        "summary.md",
+        "results.json",
+        "tables/ece.csv",
+        "tables/ece_vs_mle.md",
+        "selective_obqa.png",
+    ):
+        assert (tmp_path / "archive" / name).read_bytes() == (out / name).read_bytes()  # tables beside cells
 
     # A fresh checkout: the same config (same out folder, hence the same cell hashes), no runs.
     out = Path(config.out)

@@ -293,11 +293,19 @@ def collect(config: BenchConfig) -> dict[str, Any]:
 ARCHIVED_FILES = ("config.json", "metrics.json", "predictions.safetensors", "history.jsonl", "report.md")
 
 
+# what write_tables leaves under ``out``: archived beside the cells, so the committed tables match them
+TABLE_FILES = ("summary.md", "results.json", "tables/*", "reliability_*.png", "selective_*.png")
+
+
 def archive_cells(config: BenchConfig) -> int:
-    """Copy the small files of every cell finished under ``out`` into ``config.archive``; returns
-    how many cells were archived."""
+    """Copy the small files of every cell finished under ``out`` into ``config.archive``, and the
+    tables and plots of :func:`write_tables` with them; returns how many cells were archived."""
     if config.archive is None:
         raise ValueError("archive: the bench config names no archive folder")
+    for pattern in TABLE_FILES:
+        for here in sorted(Path(config.out).glob(pattern)):
+            with atomic_path(Path(config.archive) / here.relative_to(config.out)) as tmp:
+                shutil.copyfile(here, tmp)
     n = 0
     for label, task, seed in config.grid():
         here = config.cell_dir(label, task, seed)

@@ -390,7 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--archive",
         action="store_true",
-        help="copy the finished cells' results (no weights) into the config's 'archive' folder, to commit",
+        help="copy the finished cells' results (no weights) and the tables into the config's 'archive' "
+        "folder, to commit",
     )
     p.add_argument(
         "--shard",
