@@ -32,8 +32,11 @@ import torch
 from scalabl.demo import DEMO_RUN, DEMO_TRAIN
 from scalabl.io import write_json, write_text
 from scalabl.methods import METHODS, MethodConfig
-from scalabl.report import plot_reliability
-from scalabl.runs import comparison_table, load_predictions, train_run
+from scalabl.plots import plot_reliability
+from scalabl.results import evaluations
+from scalabl.run_folder import RunFolder
+from scalabl.runs import train_run
+from scalabl.tables import comparison_table
 
 RESULTS = Path(__file__).parent / "results"
 POST_HOC = ("tfb", "laplace", "temperature")
@@ -87,7 +90,8 @@ def main() -> None:
         if name in POST_HOC and not (args.runs / "mle" / "metrics.json").is_file():
             raise SystemExit(f"{name} starts from the mle run: run --only mle first")
         print(f"== {name}", flush=True)
-        train_run(method_run(name, args), args.runs / name, progress=False)
+        # an unfinished run of this script is replaced; a finished one was skipped above
+        train_run(method_run(name, args), args.runs / name, progress=False, overwrite=True)
 
     done = {
         n: json.loads((args.runs / n / "metrics.json").read_text())
@@ -104,10 +108,10 @@ def main() -> None:
     table = comparison_table(done)
     first = next(iter(done.values()))
     curves = {
-        f"{n} S={k.split('=')[1]}": load_predictions(args.runs / n, k.replace("=", ""))
+        f"{n} S={s}": RunFolder(args.runs / n).predictions(s)
         for n, m in done.items()
-        for k in m["eval"]
-        if k != "S=0" or len(m["eval"]) == 1
+        for s, _ in evaluations(m["eval"])
+        if s != 0 or len(m["eval"]) == 1
     }
     plot_reliability(curves, RESULTS / "calibration_reliability.png", title="ARC-Easy test, every method")
     fitted = [

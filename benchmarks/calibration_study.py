@@ -33,12 +33,14 @@ from typing import Any
 
 import torch
 
-from scalabl.bench import BenchConfig, collect, headline_key, mean_std, run_bench
+from scalabl.bench import BenchConfig, collect, run_bench
 from scalabl.cli import parse_shard
 from scalabl.io import write_json, write_text
 from scalabl.metrics import ece_floor
-from scalabl.report import plot_training_curves
-from scalabl.runs import load_history, load_predictions
+from scalabl.plots import plot_training_curves
+from scalabl.results import entry, headline
+from scalabl.run_folder import RunFolder
+from scalabl.tables import mean_std
 
 RESULTS = Path(__file__).parent / "results"
 ARCHIVE = RESULTS / "calibration_study"
@@ -244,19 +246,17 @@ def row_stats(config: BenchConfig, runs: dict[int, dict[str, Any]], label: str, 
     """Mean ± std over seeds of a setting's headline metrics and its final posterior (from history)."""
     row: dict[str, Any] = {"seeds": sorted(runs)}
     for key in METRIC_KEYS:
-        vals = [m["eval"][headline_key(m)].get(key) for m in runs.values()]
+        vals = [entry(m["eval"], headline(m)).get(key) for m in runs.values()]
         vals = [v for v in vals if v is not None]
         row[key] = summarise(vals) if vals else None
     floors = [
-        ece_floor(
-            load_predictions(config.finished_dir(label, task, seed), headline_key(m).replace("=", ""))[0]
-        )
+        ece_floor(RunFolder(config.finished_dir(label, task, seed)).predictions(headline(m))[0])
         for seed, m in runs.items()
     ]
     row["ece_floor"] = summarise(floors)
     finals: dict[str, list[float]] = {"sigma": [], "mu": [], "sigma_over_mu": []}
     for seed in runs:
-        history = load_history(config.finished_dir(label, task, seed))  # empty for post-hoc cells
+        history = RunFolder(config.finished_dir(label, task, seed)).history()  # empty for post-hoc cells
         last = history[-1] if history else {}
         for key in finals:
             if key in last:
@@ -319,7 +319,7 @@ def report(config: BenchConfig) -> dict[str, Any]:
     for label, per in results.items():
         runs = per.get(task, {})
         if 0 in runs and not label.startswith(("mle", "temperature")):
-            histories[label] = load_history(config.finished_dir(label, task, 0))
+            histories[label] = RunFolder(config.finished_dir(label, task, 0)).history()
     if histories:
         plot_training_curves(
             histories, RESULTS / "calibration_study_sigma.png", keys=("sigma_over_mu", "nll")

@@ -28,8 +28,8 @@ from scalabl.data import load_splits
 from scalabl.io import write_json, write_text
 from scalabl.methods import MethodConfig, get_method
 from scalabl.models import load_model
-from scalabl.report import markdown_table
 from scalabl.scoring import Scorer
+from scalabl.tables import markdown_table
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -45,7 +45,7 @@ def count_extra(config_or_model, targets: tuple[str, ...], rank: int = 8) -> tup
 
 
 def llama2_7b_config():
-    raw = json.loads(files("scalabl").joinpath("configs/llama-2-7b.json").read_text())
+    raw = json.loads(files("scalabl").joinpath("model_configs/llama-2-7b.json").read_text())
     raw.pop("_comment", None)
     return AutoConfig.for_model(**raw)
 

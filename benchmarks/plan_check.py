@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from scalabl.io import write_json, write_text
-from scalabl.report import markdown_table
+from scalabl.tables import markdown_table
 
 RESULTS = Path(__file__).parent / "results"
 CHILD = r"""
@@ -65,7 +65,7 @@ opt = torch.optim.AdamW([p for p in wrapped.parameters() if p.requires_grad], lr
 labels = torch.tensor([e.label for e in batch])
 wrapped.train()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-from scalabl.methods.base import clear_noise, sampling
+from scalabl.bayesian import clear_noise, sampling
 with sampling(wrapped, True):
     loss = F.cross_entropy(scorer.class_logits(wrapped, batch, sample=True, keep_noise=True), labels)
     loss.backward()

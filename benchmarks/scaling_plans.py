@@ -12,7 +12,7 @@ from pathlib import Path
 
 from scalabl.io import write_json, write_text
 from scalabl.plan import SHIPPED, make_plan
-from scalabl.report import markdown_table
+from scalabl.tables import markdown_table
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -1,28 +1,19 @@
-"""Shared fixtures: a tiny random Llama and a byte-level tokenizer, built offline in milliseconds."""
+"""Shared fixtures: the tiny random models of :mod:`scalabl.testing`, toy questions, and a prediction helper."""
 
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-from scalabl.data import Example
+from scalabl.config import PredictConfig
+from scalabl.examples import Example
+from scalabl.predict import bayesian_model_average, predict_samples
+from scalabl.testing import QUANT_HIDDEN, make_byte_tokenizer, make_tiny_llama, save_tiny_model
 
-
-def make_byte_tokenizer() -> PreTrainedTokenizerFast:
-    """A byte-level tokenizer (256 byte tokens + <eos>) that needs no download."""
-    byte_vocab = pre_tokenizers.ByteLevel.alphabet()
-    vocab = {tok: i for i, tok in enumerate(sorted(byte_vocab))}
-    vocab["<eos>"] = len(vocab)
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<eos>")
-    return fast
+__all__ = ["QUANT_HIDDEN", "make_byte_tokenizer", "make_tiny_llama", "predicted", "save_tiny_model", "toy_examples"]
 
 
 def toy_examples(n: int = 24, seed: int = 0, *, varied: bool = False) -> list[Example]:
@@ -47,40 +38,6 @@ def toy_examples(n: int = 24, seed: int = 0, *, varied: bool = False) -> list[Ex
             )
         )
     return out
-
-
-def make_tiny_llama(
-    vocab_size: int = 257, hidden: int = 32, layers: int = 2, seed: int = 0
-) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=False,
-    )
-    model = LlamaForCausalLM(config)
-    model.eval()
-    return model
-
-
-# bitsandbytes' 4-bit CPU inference path (taken on CPUs with AVX512-BF16) packs weights in blocks of
-# 64 input features, so a quantised tiny model needs layers at least that wide.
-QUANT_HIDDEN = 64
-
-
-def save_tiny_model(folder: Path, hidden: int = 32) -> Path:
-    """A tiny Llama and the byte tokenizer saved as a local Hugging Face folder (for CLI/run tests)."""
-    model = make_tiny_llama(hidden=hidden)
-    tokenizer = make_byte_tokenizer()
-    model.config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(autouse=True)
@@ -110,3 +67,11 @@ def tokenizer() -> PreTrainedTokenizerFast:
 @pytest.fixture
 def tiny_llama() -> LlamaForCausalLM:
     return make_tiny_llama()
+
+
+def predicted(model, scorer, examples, *, return_samples: bool = False, **options):
+    """The model average of :func:`scalabl.predict.predict_samples` (and the samples), with the
+    :class:`~scalabl.config.PredictConfig` fields as keywords."""
+    samples = predict_samples(model, scorer, examples, PredictConfig(**options))
+    average = bayesian_model_average(samples)
+    return (average, samples) if return_samples else average

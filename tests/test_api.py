@@ -11,7 +11,7 @@ from conftest import make_byte_tokenizer, make_tiny_llama
 from conftest import toy_examples as shared_toy_examples
 
 from scalabl.api import ADAPTER_CONFIG_FILE, ADAPTER_FILE, BayesianLoRA
-from scalabl.data import Example
+from scalabl.examples import Example
 from scalabl.methods import MethodConfig
 
 RANK = 4
@@ -189,7 +189,7 @@ def test_a_pickle_in_place_of_the_adapter_is_refused(tmp_path):
 # ---- memory: gradient checkpointing, half-precision bases ----------------------------------------
 def _one_step_grads(blora: BayesianLoRA, examples: list[Example], scorer) -> dict[str, torch.Tensor]:
     """Gradients of one training batch's NLL, with the train loop's noise handling."""
-    from scalabl.methods.base import clear_noise, sampling
+    from scalabl.bayesian import clear_noise, sampling
 
     blora.model.train()
     blora.model.zero_grad(set_to_none=True)
@@ -248,7 +248,7 @@ def test_gradient_checkpointing_trains_and_predicts_with_the_cache():
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_base_keeps_the_posterior_in_float32(dtype):
-    from scalabl.methods.base import bayesian_modules, total_kl, variational_parameters
+    from scalabl.bayesian import bayesian_modules, total_kl, variational_parameters
 
     examples = toy_examples(8)
     blora = BayesianLoRA(

@@ -276,9 +276,9 @@ def test_shared_processes_skip_groups_claimed_by_a_live_process(bench, tmp_path)
 
 
 def _metrics(acc: float, ece: float, ood_ece: float | None = None) -> dict:
-    out = {"eval": {"S=4": {"acc": acc, "ece": ece}}}
+    out = {"eval": {"S=4": {"acc": acc, "ece": ece, "n_samples": 4}}}
     if ood_ece is not None:
-        out["ood"] = {"arc_c": {"S=4": {"ece": ood_ece, "auroc_max_prob": 1.0 - ood_ece}}}
+        out["ood"] = {"arc_c": {"S=4": {"ece": ood_ece, "auroc_max_prob": 1.0 - ood_ece, "n_samples": 4}}}
     return out
 
 

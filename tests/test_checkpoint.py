@@ -19,9 +19,10 @@ from safetensors.torch import load_file
 from scalabl.api import BayesianLoRA
 from scalabl.checkpoint import CHECKPOINT_FILE, read_checkpoint
 from scalabl.cli import main
+from scalabl.config import TrainConfig
 from scalabl.methods import MethodConfig
 from scalabl.scoring import Scorer
-from scalabl.train import TrainConfig, TrainingDiverged
+from scalabl.train import TrainingDiverged
 
 TRAIN = toy_examples(10)
 CASES = {

@@ -12,8 +12,10 @@ from safetensors.torch import load_file
 
 from scalabl import cli
 from scalabl.cli import build_parser, main
+from scalabl.config import MethodConfig, RunConfig, TrainConfig
+from scalabl.config.flags import flag_name, options
 from scalabl.methods import METHODS
-from scalabl.runs import RUN_FILES
+from scalabl.run_folder import RUN_FILES
 from scalabl.tasks import TASK_NAMES as TASKS
 
 
@@ -143,8 +145,8 @@ def test_train_prints_the_table(model_dir, tmp_path, capsys):
 
 # ---- --help --------------------------------------------------------------------------------------
 HELP_OPTIONS = {
-    "train": [o[0] for o in cli.OPTIONS]
-    + ["--targets", "--length-norm", "--n-samples", "--config", "--out", "--quiet"],
+    "train": [flag_name(f) for cls in (RunConfig, MethodConfig, TrainConfig) for f in options(cls)]
+    + ["--targets", "--length-norm", "--n-samples", "--config", "--out", "--overwrite", "--resume", "--quiet"],
     "evaluate": ["run_dir", "--n-samples", "--max-test", "--quiet"],
     "demo": ["--out", "--quick", "--quiet"],
 }
@@ -253,7 +255,7 @@ def test_evaluate_a_folder_that_is_not_a_run(tmp_path, capsys):
 
 # ---- --config and flags --------------------------------------------------------------------------
 def test_config_file_with_flag_overrides(tmp_path):
-    from scalabl.runs import RunConfig
+    from scalabl.config import RunConfig
 
     base = RunConfig(task="arc_challenge", max_test=7, n_samples=(5,))
     base.train.steps = 11
@@ -263,7 +265,7 @@ def test_config_file_with_flag_overrides(tmp_path):
     args = build_parser().parse_args(
         ["train", "--config", str(path), "--steps", "4", "--targets", "q_proj, k_proj", "--n-samples", "1,0"]
     )
-    config = cli._run_config(args)
+    config = cli.run_config(args)
     assert config.task == "arc_challenge" and config.max_test == 7  # from the file
     assert config.method.rank == 3
     assert config.train.steps == 4  # the flag wins

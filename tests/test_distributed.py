@@ -16,7 +16,7 @@ from conftest import save_tiny_model, toy_examples
 from safetensors.torch import load_file
 
 from scalabl import distributed
-from scalabl.methods.base import bayesian_modules
+from scalabl.bayesian import bayesian_modules
 
 RTOL = 1e-5
 
@@ -129,8 +129,8 @@ def test_fsdp_shards_the_decoder_layers_in_one_process(tmp_path, monkeypatch):
 
 
 def test_fsdp_is_refused_for_post_hoc_methods():
+    from scalabl.config import RunConfig
     from scalabl.methods import MethodConfig
-    from scalabl.runs import RunConfig
 
     with pytest.raises(ValueError, match="fsdp: supported for methods trained end to end"):
         RunConfig(fsdp=True, method=MethodConfig(method="laplace"))

@@ -6,14 +6,13 @@ import json
 
 import pytest
 import torch
-from conftest import make_byte_tokenizer, make_tiny_llama, save_tiny_model, toy_examples
+from conftest import make_byte_tokenizer, make_tiny_llama, predicted, save_tiny_model, toy_examples
 from peft import PeftModel
 
 from scalabl.api import BayesianLoRA
 from scalabl.cli import main
 from scalabl.export import export_peft
 from scalabl.methods import MethodConfig
-from scalabl.predict import predict_log_proba
 from scalabl.scoring import Scorer
 
 EXAMPLES = toy_examples(6, seed=4, varied=True)
@@ -29,7 +28,7 @@ def trained(method: str, **kw) -> BayesianLoRA:
 
 def stock_peft_log_probs(folder) -> torch.Tensor:
     model = PeftModel.from_pretrained(make_tiny_llama(), str(folder))  # stock peft, no scalabl layers
-    return predict_log_proba(model, Scorer(make_byte_tokenizer()), EXAMPLES, n_samples=0)
+    return predicted(model, Scorer(make_byte_tokenizer()), EXAMPLES, n_samples=0)
 
 
 @pytest.mark.parametrize("method", ["scalabl", "blob", "mle", "mcdropout"])
@@ -49,7 +48,7 @@ def test_ensemble_exports_one_member(tmp_path):
     notes = export_peft(blora, tmp_path / "m1", base_model="tiny", member=1)
     assert any("member 1 of 2" in n for n in notes)
     blora.model.set_adapter("member1")
-    expected = predict_log_proba(blora.model, blora.scorer, EXAMPLES, n_samples=0)
+    expected = predicted(blora.model, blora.scorer, EXAMPLES, n_samples=0)
     blora.model.set_adapter("member0")
     assert torch.allclose(stock_peft_log_probs(tmp_path / "m1"), expected, atol=1e-5)
 

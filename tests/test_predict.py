@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_llama
+from conftest import make_tiny_llama, predicted
 
-from scalabl.data import Example
+from scalabl.bayesian import lora_layers
+from scalabl.examples import Example
 from scalabl.methods import MethodConfig
-from scalabl.methods.base import lora_layers
 from scalabl.methods.scalabl import ScalaBL
-from scalabl.predict import bayesian_model_average, predict_log_proba
+from scalabl.predict import bayesian_model_average
 from scalabl.scoring import Scorer
 
 EXAMPLES = [
@@ -65,7 +65,7 @@ def test_bma_keeps_absent_choices_at_minus_inf():
     torch.testing.assert_close(got[0, :2].exp(), torch.tensor([0.4, 0.6], dtype=torch.float64))
 
 
-# ---- predict_log_proba ---------------------------------------------------------------------------------
+# ---- predict_samples ------------------------------------------------------------------------------------
 def assert_log_distributions(lp: torch.Tensor) -> None:
     assert lp.dtype == torch.float64
     torch.testing.assert_close(torch.logsumexp(lp, dim=-1), torch.zeros(lp.shape[:-1], dtype=torch.float64))
@@ -74,9 +74,9 @@ def assert_log_distributions(lp: torch.Tensor) -> None:
 def test_posterior_mean_prediction(model, tokenizer):
     scorer = Scorer(tokenizer)
     model.train()
-    first = predict_log_proba(model, scorer, EXAMPLES, n_samples=0, batch_size=3)
+    first = predicted(model, scorer, EXAMPLES, n_samples=0, batch_size=3)
     assert model.training, "predict must restore the training flag"
-    second = predict_log_proba(model, scorer, EXAMPLES, n_samples=0, batch_size=3)
+    second = predicted(model, scorer, EXAMPLES, n_samples=0, batch_size=3)
     assert first.shape == (3, 4)
     assert_log_distributions(first)
     assert torch.equal(first, second), "n_samples=0 must be deterministic"
@@ -86,17 +86,17 @@ def test_posterior_mean_prediction(model, tokenizer):
         mean_logits = scorer.class_logits(model, EXAMPLES, sample=False)
     torch.testing.assert_close(first, torch.log_softmax(mean_logits.double(), dim=-1), atol=1e-9, rtol=0)
     # Other batchings change only the padding, not the answer.
-    rebatched = predict_log_proba(model, scorer, EXAMPLES, n_samples=0, batch_size=2)
+    rebatched = predicted(model, scorer, EXAMPLES, n_samples=0, batch_size=2)
     torch.testing.assert_close(rebatched, first, atol=1e-4, rtol=0)
 
 
 def test_sampled_prediction_is_reproducible_and_averages_its_samples(model, tokenizer):
     scorer = Scorer(tokenizer)
     n = 3
-    avg, samples = predict_log_proba(model, scorer, EXAMPLES, n_samples=n, seed=5, return_samples=True)
-    again = predict_log_proba(model, scorer, EXAMPLES, n_samples=n, seed=5)
-    other = predict_log_proba(model, scorer, EXAMPLES, n_samples=n, seed=6)
-    mean = predict_log_proba(model, scorer, EXAMPLES, n_samples=0)
+    avg, samples = predicted(model, scorer, EXAMPLES, n_samples=n, seed=5, return_samples=True)
+    again = predicted(model, scorer, EXAMPLES, n_samples=n, seed=5)
+    other = predicted(model, scorer, EXAMPLES, n_samples=n, seed=6)
+    mean = predicted(model, scorer, EXAMPLES, n_samples=0)
     assert avg.shape == (3, 4) and samples.shape == (n, 3, 4)
     assert_log_distributions(avg)
     assert_log_distributions(samples)
@@ -109,7 +109,7 @@ def test_sampled_prediction_is_reproducible_and_averages_its_samples(model, toke
 
 
 def test_posterior_mean_returns_one_sample_row(model, tokenizer):
-    avg, samples = predict_log_proba(model, Scorer(tokenizer), EXAMPLES, n_samples=0, return_samples=True)
+    avg, samples = predicted(model, Scorer(tokenizer), EXAMPLES, n_samples=0, return_samples=True)
     assert samples.shape == (1, 3, 4)
     torch.testing.assert_close(avg, samples[0])
 
@@ -119,19 +119,19 @@ def test_posterior_mean_returns_one_sample_row(model, tokenizer):
 )
 def test_predict_rejects_bad_arguments(model, tokenizer, kwargs, field):
     with pytest.raises(ValueError, match=field):
-        predict_log_proba(model, Scorer(tokenizer), EXAMPLES, **kwargs)
+        predicted(model, Scorer(tokenizer), EXAMPLES, **kwargs)
 
 
 def test_samples_run_as_one_batch_match_the_loop(model, tokenizer):
     """S copies in one forward: with S = 1 it is the loop exactly; with S > 1 the copies are distinct samples."""
     scorer = Scorer(tokenizer)
-    one_loop = predict_log_proba(model, scorer, EXAMPLES, n_samples=1, seed=3, batch_size=2)
-    one_batched = predict_log_proba(
+    one_loop = predicted(model, scorer, EXAMPLES, n_samples=1, seed=3, batch_size=2)
+    one_batched = predicted(
         model, scorer, EXAMPLES, n_samples=1, seed=3, batch_size=2, batch_samples=True
     )
     torch.testing.assert_close(one_batched, one_loop, atol=1e-6, rtol=0)
 
-    avg, samples = predict_log_proba(
+    avg, samples = predicted(
         model, scorer, EXAMPLES, n_samples=4, seed=3, batch_samples=True, return_samples=True
     )
     assert samples.shape == (4, 3, 4)
@@ -144,7 +144,7 @@ def test_samples_run_as_one_batch_match_the_loop(model, tokenizer):
         for m in model.modules():
             if hasattr(m, "log_sigma"):
                 m.log_sigma.fill_(-30.0)
-    tight = predict_log_proba(model, scorer, EXAMPLES, n_samples=4, batch_samples=True)
+    tight = predicted(model, scorer, EXAMPLES, n_samples=4, batch_samples=True)
     torch.testing.assert_close(
-        tight, predict_log_proba(model, scorer, EXAMPLES, n_samples=0), atol=1e-5, rtol=0
+        tight, predicted(model, scorer, EXAMPLES, n_samples=0), atol=1e-5, rtol=0
     )

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from scalabl.report import markdown_table, plot_reliability, plot_training_curves
+from scalabl.plots import plot_reliability, plot_training_curves
+from scalabl.tables import markdown_table
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -90,7 +91,7 @@ def test_plot_training_curves_no_keys_found(tmp_path):
 
 
 def test_module_label_reads_layer_and_kind():
-    from scalabl.report import module_label
+    from scalabl.plots import module_label
 
     assert module_label("base_model.model.model.layers.12.self_attn.q_proj.lora_A.default") == (12, "q_proj")
     assert module_label("base_model.model.transformer.h.3.attn.c_attn.lora_A.default") == (3, "c_attn")
@@ -98,7 +99,7 @@ def test_module_label_reads_layer_and_kind():
 
 
 def test_plot_posterior_modules_writes_png_and_needs_module_stats(tmp_path):
-    from scalabl.report import plot_posterior_modules
+    from scalabl.plots import plot_posterior_modules
 
     names = [f"m.layers.{i}.self_attn.{k}.lora_A.default" for i in range(3) for k in ("q_proj", "v_proj")]
     names.append("m.lm_head.lora_A.default")

@@ -10,9 +10,12 @@ import torch
 from conftest import save_tiny_model
 from safetensors.torch import load_file
 
+from scalabl.config import RunConfig, TrainConfig
+from scalabl.evaluation import evaluate_model
 from scalabl.methods import MethodConfig
-from scalabl.runs import RUN_FILES, RunConfig, comparison_table, evaluate_model, load_run, train_run
-from scalabl.train import TrainConfig
+from scalabl.run_folder import RUN_FILES
+from scalabl.runs import load_run, train_run
+from scalabl.tables import comparison_table
 
 
 # ---- RunConfig -----------------------------------------------------------------------------------
@@ -173,22 +176,22 @@ def test_full_disk_or_unwritable_output_fails_before_training(tmp_path, monkeypa
     import shutil
     from collections import namedtuple
 
-    from scalabl import runs
+    from scalabl import run_folder
 
     model_dir = save_tiny_model(tmp_path / "tiny")
     config = RunConfig(
         model=str(model_dir), max_train=4, max_test=2, train=TrainConfig(steps=2, batch_size=2)
     )
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(runs.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    monkeypatch.setattr(run_folder.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
     with pytest.raises(OSError, match=r"MB free on its disk, the run needs about"):
-        runs.train_run(config, tmp_path / "out", progress=False)
+        train_run(config, tmp_path / "out", progress=False)
     assert not (tmp_path / "out" / "history.jsonl").exists()  # nothing trained
-    monkeypatch.setattr(runs.shutil, "disk_usage", shutil.disk_usage)
+    monkeypatch.setattr(run_folder.shutil, "disk_usage", shutil.disk_usage)
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
     with pytest.raises(OSError, match="is not writable"):
-        runs.train_run(config, blocker / "out", progress=False)
+        train_run(config, blocker / "out", progress=False)
 
 
 def test_same_config_and_seed_give_identical_metrics(tmp_path):

@@ -11,9 +11,9 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from torch import nn
 from transformers import PreTrainedTokenizerFast
 
-from scalabl.data import Example
+from scalabl.bayesian import bayesian_modules, clear_noise, draw_noise, lora_layers, sampling
+from scalabl.examples import Example
 from scalabl.methods import MethodConfig
-from scalabl.methods.base import bayesian_modules, clear_noise, draw_noise, lora_layers, sampling
 from scalabl.methods.scalabl import ScalaBL
 from scalabl.scoring import Scorer, continuation_prompt, letter_prompt
 

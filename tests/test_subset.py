@@ -6,14 +6,14 @@ import re
 
 import pytest
 import torch
-from conftest import make_byte_tokenizer, make_tiny_llama, toy_examples
+from conftest import make_byte_tokenizer, make_tiny_llama, predicted, toy_examples
 
+from scalabl.bayesian import bayesian_modules, lora_layers
+from scalabl.config.predict import parse_sample_modules
 from scalabl.methods import MethodConfig
-from scalabl.methods.base import bayesian_modules, lora_layers
 from scalabl.methods.scalabl import ScalaBL
-from scalabl.predict import predict_log_proba
 from scalabl.scoring import Scorer
-from scalabl.subset import parse_subset, select_subset
+from scalabl.subset import select_subset
 
 N_LAYERS = 4
 
@@ -38,11 +38,11 @@ SCORERS = {
 }
 
 
-def test_parse_subset():
-    assert parse_subset("all") is None and parse_subset("lm_head") == 0 and parse_subset("last:3") == 3
+def test_parse_sample_modules():
+    assert parse_sample_modules("all") is None and parse_sample_modules("lm_head") == 0 and parse_sample_modules("last:3") == 3
     for bad in ("last:0", "last:x", "first:2", "head"):
         with pytest.raises(ValueError, match="allowed: all, lm_head, last:K"):
-            parse_subset(bad)
+            parse_sample_modules(bad)
 
 
 def test_subset_selects_the_last_layers_and_the_head():
@@ -79,8 +79,8 @@ def test_fast_path_equals_the_plain_loop_with_the_same_noise(scoring, spec, targ
     model, tok = wrapped(targets), make_byte_tokenizer()
     scorer = SCORERS[scoring](tok)
     kw = dict(n_samples=3, batch_size=4, seed=7, return_samples=True, sample_modules=spec)
-    _, plain = predict_log_proba(model, scorer, EXAMPLES, batch_samples=False, **kw)
-    _, fast = predict_log_proba(model, scorer, EXAMPLES, batch_samples=True, **kw)
+    _, plain = predicted(model, scorer, EXAMPLES, batch_samples=False, **kw)
+    _, fast = predicted(model, scorer, EXAMPLES, batch_samples=True, **kw)
     torch.testing.assert_close(fast, plain, atol=1e-5, rtol=0)
     assert not torch.allclose(plain[0], plain[1]), "samples must differ"
     assert all(m._xi is None for m in bayesian_modules(model)), "noise must be cleared"
@@ -97,16 +97,16 @@ def test_unsampled_modules_sit_at_their_mean(scoring):
                 m.log_sigma.fill_(-30.0)
     scorer = SCORERS[scoring](tok)
     kw = dict(n_samples=3, batch_size=4, seed=2, return_samples=True)
-    _, everything = predict_log_proba(model, scorer, EXAMPLES, **kw)
-    _, subset = predict_log_proba(model, scorer, EXAMPLES, sample_modules="last:1", batch_samples=True, **kw)
+    _, everything = predicted(model, scorer, EXAMPLES, **kw)
+    _, subset = predicted(model, scorer, EXAMPLES, sample_modules="last:1", batch_samples=True, **kw)
     torch.testing.assert_close(subset, everything, atol=1e-5, rtol=0)
 
 
 def test_all_layers_as_a_subset_is_the_method_as_trained():
     model, tok = wrapped(), make_byte_tokenizer()
     kw = dict(n_samples=2, batch_size=3, seed=4, return_samples=True)
-    _, plain = predict_log_proba(model, Scorer(tok), EXAMPLES, **kw)
-    _, subset = predict_log_proba(model, Scorer(tok), EXAMPLES, sample_modules=f"last:{N_LAYERS}", **kw)
+    _, plain = predicted(model, Scorer(tok), EXAMPLES, **kw)
+    _, subset = predicted(model, Scorer(tok), EXAMPLES, sample_modules=f"last:{N_LAYERS}", **kw)
     torch.testing.assert_close(subset, plain, atol=1e-5, rtol=0)
 
 
@@ -115,14 +115,14 @@ def test_a_subset_of_correlated_noise_is_refused():
 
     model = BLoB(MethodConfig(method="blob", rank=4)).wrap(make_tiny_llama(layers=N_LAYERS))
     with pytest.raises(ValueError, match="independent per-sequence noise"):
-        predict_log_proba(
+        predicted(
             model, Scorer(make_byte_tokenizer()), EXAMPLES, n_samples=2, sample_modules="last:1"
         )
 
 
 def _predict_four_letter_questions(model, tok, spec: str) -> None:
     """The fast path (S = 5 copies of a batch of 4) on letter scoring, for the row-count hooks."""
-    predict_log_proba(
+    predicted(
         model,
         Scorer(tok, "letter"),
         EXAMPLES[:4],
@@ -171,6 +171,6 @@ def test_batched_samples_equal_the_plain_loop_with_the_same_noise(scoring):
     model, tok = wrapped(targets=("q_proj", "v_proj", "lm_head")), make_byte_tokenizer()
     scorer = SCORERS[scoring](tok)
     kw = dict(n_samples=3, batch_size=4, seed=5, return_samples=True)
-    _, plain = predict_log_proba(model, scorer, EXAMPLES, batch_samples=False, **kw)
-    _, batched = predict_log_proba(model, scorer, EXAMPLES, batch_samples=True, **kw)
+    _, plain = predicted(model, scorer, EXAMPLES, batch_samples=False, **kw)
+    _, batched = predicted(model, scorer, EXAMPLES, batch_samples=True, **kw)
     torch.testing.assert_close(batched, plain, atol=1e-5, rtol=0)

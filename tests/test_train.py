@@ -11,10 +11,11 @@ from conftest import make_byte_tokenizer, make_tiny_llama, toy_examples
 from peft import get_peft_model_state_dict
 
 from scalabl.api import BayesianLoRA
+from scalabl.bayesian import bayesian_modules
+from scalabl.config import TrainConfig
 from scalabl.methods import MethodConfig
-from scalabl.methods.base import bayesian_modules
 from scalabl.scoring import Scorer
-from scalabl.train import TrainConfig, blob_kl_weight, fit
+from scalabl.train import blob_kl_weight, fit
 
 
 def wrap(method: str = "scalabl", seed: int = 0, **method_kw) -> BayesianLoRA:

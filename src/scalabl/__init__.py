@@ -12,10 +12,11 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "BayesianLoRA": "scalabl.api",
-    "MethodConfig": "scalabl.methods.base",
-    "TrainConfig": "scalabl.train",
-    "RunConfig": "scalabl.runs",
-    "Example": "scalabl.data",
+    "MethodConfig": "scalabl.config",
+    "TrainConfig": "scalabl.config",
+    "RunConfig": "scalabl.config",
+    "PredictConfig": "scalabl.config",
+    "Example": "scalabl.examples",
     "load_examples": "scalabl.data",
     "load_splits": "scalabl.data",
     "load_model": "scalabl.models",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,19 +24,21 @@ from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from scalabl import __version__
+from scalabl.bayesian import lora_layers
 from scalabl.calibration import apply_temperature, fit_temperature
-from scalabl.data import Example
+from scalabl.choices import MethodName, Scoring, Truncation
+from scalabl.config import MethodConfig, PredictConfig, TrainConfig
+from scalabl.examples import Example
 from scalabl.io import atomic_path, write_json
-from scalabl.methods import MethodConfig, get_method
-from scalabl.methods.base import lora_layers
+from scalabl.methods import get_method
 from scalabl.metrics import compute_metrics
 from scalabl.predict import bayesian_model_average
 from scalabl.scoring import Scorer
-from scalabl.train import TrainConfig
 
 ADAPTER_FILE = "adapter.safetensors"
 ADAPTER_CONFIG_FILE = "adapter_config.json"
-PLAIN_LORA_METHODS = ("mle", "map", "temperature")  # adapters in plain peft LoRA format
+# adapters in plain peft LoRA format
+PLAIN_LORA_METHODS = (MethodName.MLE, MethodName.MAP, MethodName.TEMPERATURE)
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -47,6 +49,14 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise ValueError(
             f"{path}: not a valid safetensors file ({err}); scalabl never loads pickles"
         ) from err
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What a prediction returns: the model average and the samples it averages."""
+
+    log_probs: torch.Tensor  # [N, C_max] float64: the Bayesian model average (tempered if fitted)
+    samples: torch.Tensor  # [S, N, C_max] float64: each posterior sample's log-probabilities
 
 
 class BayesianLoRA:
@@ -72,9 +82,9 @@ class BayesianLoRA:
         tokenizer: PreTrainedTokenizerBase,
         config: MethodConfig | None = None,
         *,
-        scoring: str = "continuation",
+        scoring: str = Scoring.CONTINUATION,
         length_norm: bool = False,
-        truncation: str = "left",
+        truncation: str = Truncation.LEFT,
         seed: int = 0,
         gradient_checkpointing: bool = False,
     ) -> None:
@@ -184,62 +194,44 @@ class BayesianLoRA:
             if len(validation) == 0:
                 raise ValueError("temperature scaling needs a non-empty validation split")
             self.temperature = None
-            log_probs = self.predict_log_proba(
-                validation, n_samples, batch_size=batch_size, seed=seed, progress=progress
-            )
+            config = PredictConfig(n_samples=n_samples, batch_size=batch_size, seed=seed, progress=progress)
             labels = torch.tensor([e.label for e in validation])
-            self.temperature = fit_temperature(log_probs, labels)
+            self.temperature = fit_temperature(self.predict(validation, config).log_probs, labels)
             facts["temperature"] = self.temperature
         self.fitted = facts
         return facts
 
-    def predict_log_proba(
-        self,
-        examples: Sequence[Example],
-        n_samples: int = 10,
-        *,
-        batch_size: int = 8,
-        seed: int = 0,
-        progress: bool = False,
-        batch_samples: bool = False,
-        return_samples: bool = False,
-        sample_modules: str = "all",
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Predictive log-probabilities ``[N, C_max]`` (float64); ``n_samples=0`` = posterior mean.
+    def predict(self, examples: Sequence[Example], config: PredictConfig) -> Prediction:
+        """The method's posterior samples and their Bayesian model average (computed here, once).
 
-        Deterministic methods ignore ``n_samples`` and run one pass; an ensemble always averages its
-        K members. ``batch_samples=True`` runs the S samples as one forward of S x batch sequences
-        (see :func:`scalabl.predict.predict_log_proba`). A fitted temperature is applied to the
-        model average. ``return_samples=True`` also returns the per-sample log-probs ``[S, N, C]``.
-        ``sample_modules`` (``"all"``, ``"lm_head"``, ``"last:K"``) samples only those modules, the
-        rest at the posterior mean; with ``batch_samples`` the network before them runs once
-        (see :mod:`scalabl.subset`).
+        Deterministic methods run one pass whatever ``config.n_samples`` says; an ensemble averages
+        its K members. A fitted temperature is applied to the model average.
         """
-        if n_samples < 0:
-            raise ValueError(f"n_samples: must be >= 0 (0 = posterior mean), got {n_samples}")
-        samples = self.method.predict_samples(
-            self.model,
-            self.scorer,
-            examples,
-            n_samples=n_samples,
-            batch_size=batch_size,
-            seed=seed,
-            progress=progress,
-            batch_samples=batch_samples,
-            sample_modules=sample_modules,
-        )
+        samples = self.method.predict_samples(self.model, self.scorer, examples, config)
         log_probs = bayesian_model_average(samples)
         if self.temperature is not None:
             log_probs = apply_temperature(log_probs, self.temperature)
-        return (log_probs, samples) if return_samples else log_probs
+        return Prediction(log_probs, samples)
 
-    def predict_proba(self, examples: Sequence[Example], n_samples: int = 10, **kwargs: Any) -> torch.Tensor:
+    def predict_log_proba(
+        self, examples: Sequence[Example], n_samples: int = 10, **options: Any
+    ) -> torch.Tensor:
+        """Predictive log-probabilities ``[N, C_max]`` (float64); ``n_samples=0`` = posterior mean.
+
+        ``options`` are the other fields of :class:`scalabl.config.PredictConfig`: ``batch_size``,
+        ``seed``, ``progress``, ``batch_samples`` (the S samples as one forward of S x batch
+        sequences) and ``sample_modules`` (``"all"``, ``"lm_head"``, ``"last:K"``: sample only those
+        modules, the rest at the posterior mean; see :mod:`scalabl.subset`).
+        """
+        return self.predict(examples, PredictConfig(n_samples=n_samples, **options)).log_probs
+
+    def predict_proba(self, examples: Sequence[Example], n_samples: int = 10, **options: Any) -> torch.Tensor:
         """Predictive probabilities ``[N, C_max]`` (float64, rows sum to 1)."""
-        return self.predict_log_proba(examples, n_samples, **kwargs).exp()
+        return self.predict_log_proba(examples, n_samples, **options).exp()
 
-    def evaluate(self, examples: Sequence[Example], n_samples: int = 10, **kwargs: Any) -> dict[str, float]:
+    def evaluate(self, examples: Sequence[Example], n_samples: int = 10, **options: Any) -> dict[str, float]:
         """ACC, ECE, NLL and Brier on labelled examples."""
-        log_probs = self.predict_log_proba(examples, n_samples, **kwargs)
+        log_probs = self.predict_log_proba(examples, n_samples, **options)
         labels = torch.tensor([e.label for e in examples])
         return compute_metrics(log_probs, labels)
 

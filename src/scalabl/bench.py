@@ -43,37 +43,59 @@ over seeds.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
-import math
 import shutil
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
-from scalabl.config import check_fields
-from scalabl.io import atomic_path, claim, write_json, write_text
+from scalabl.api import ADAPTER_FILE
+from scalabl.config import RunConfig
+from scalabl.config.fields import check_fields
+from scalabl.io import atomic_path, claim, output_folder, write_json, write_text
+from scalabl.methods import METHODS
+from scalabl.plots import plot_reliability, plot_risk_coverage
+from scalabl.results import headline
+from scalabl.run_folder import (
+    CONFIG_FILE,
+    HISTORY_FILE,
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    REPORT_FILE,
+    RunFolder,
+)
+from scalabl.runs import train_run
+from scalabl.tables import (
+    METRICS,
+    PAIRED,
+    paired_markdown,
+    paired_rows,
+    table_rows,
+    to_csv,
+    to_latex,
+    to_markdown,
+)
 
-# metric key -> (header, scale, format); ECE in percent as in the papers
-METRICS: dict[str, tuple[str, float, str]] = {
-    "acc": ("ACC", 1.0, "{:.3f}"),
-    "ece": ("ECE (%)", 100.0, "{:.1f}"),
-    "nll": ("NLL", 1.0, "{:.3f}"),
-    "brier": ("Brier", 1.0, "{:.3f}"),
-    "aurc": ("AURC", 1.0, "{:.3f}"),
-    "acc_cov50": ("ACC at 50% coverage", 1.0, "{:.3f}"),
-    "acc_cov80": ("ACC at 80% coverage", 1.0, "{:.3f}"),
-    "acc_cov90": ("ACC at 90% coverage", 1.0, "{:.3f}"),
-    "auroc_max_prob": ("OOD AUROC (max prob)", 1.0, "{:.3f}"),
-    "auroc_entropy": ("OOD AUROC (entropy)", 1.0, "{:.3f}"),
-}
+# a cell's small files, kept in the archive (no weights)
+ARCHIVED_FILES = (CONFIG_FILE, METRICS_FILE, PREDICTIONS_FILE, HISTORY_FILE, REPORT_FILE)
+# what write_tables leaves under ``out``: archived beside the cells, so the committed tables match them
+TABLE_FILES = ("summary.md", "results.json", "tables/*", "reliability_*.png", "selective_*.png")
+# everything a bench writes at the top of ``out`` (its cells, claims and tables)
+BENCH_FILES = (
+    "cells",
+    "claims",
+    "tables",
+    "summary.md",
+    "results.json",
+    "reliability_*.png",
+    "selective_*.png",
+)
 
 # Run-config fields added after cells were first run: left out of a cell's hash while at their
 # default, so that adding an option does not orphan the cells already computed.
@@ -174,9 +196,14 @@ class BenchConfig:
         parts = self.cell_dir(*key).relative_to(Path(self.out) / "cells").parts
         return Path(self.out) / "claims" / "-".join(parts)  # flat: released claims leave no folders
 
-    def run_config(self, label: str, task: str, seed: int):
-        from scalabl.runs import RunConfig
+    def output(self, *, overwrite: bool = False) -> AbstractContextManager[Path]:
+        """Guard the writes into ``out``: a grid continues in its own folder, but a folder holding
+        anything a bench does not write is refused unless ``overwrite`` (:func:`scalabl.io.output_folder`)."""
+        return output_folder(
+            self.out, BENCH_FILES, overwrite=overwrite, continues=True, command="scalabl bench"
+        )
 
+    def run_config(self, label: str, task: str, seed: int) -> RunConfig:
         spec = self.methods[label]
         base = json.loads(json.dumps(self.base))  # a deep copy
         run = {**base, **spec.get("run", {}), "task": task, "ood": self.ood.get(task, [])}
@@ -189,29 +216,16 @@ class BenchConfig:
     def finished_dir(self, label: str, task: str, seed: int) -> Path | None:
         """Where the cell's results are: its folder under ``out``, else in the archive, else None."""
         here = self.cell_dir(label, task, seed)
-        if (here / "metrics.json").is_file():
+        if (here / METRICS_FILE).is_file():
             return here
         if self.archive is not None:
             kept = Path(self.archive) / here.relative_to(self.out)
-            if (kept / "metrics.json").is_file():
+            if (kept / METRICS_FILE).is_file():
                 return kept
         return None
 
     def cell_dir(self, label: str, task: str, seed: int) -> Path:
-        from scalabl.methods import METHODS
-
-        run = self.run_config(label, task, seed)
-        config = run.to_dict()
-        for key, default in HASH_OMIT_AT_DEFAULT.items():
-            if config.get(key) == default:
-                del config[key]
-        # Settings that became method-dependent defaults (None) are hashed by the value the method
-        # uses: a cell keeps its folder while that value is what it ran with, and moves when a
-        # method's default changes.
-        method = METHODS[run.method.method](run.method)
-        config["method"]["sigma_init"] = method.sigma_init
-        config["train"]["variational_lr"] = method.train_config(run.train).variational_lr
-        digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
+        digest = cell_digest(self.run_config(label, task, seed))
         return (
             Path(self.out)
             / "cells"
@@ -221,12 +235,29 @@ class BenchConfig:
         )
 
 
+def cell_digest(run: RunConfig) -> str:
+    """The hash a cell's folder is named by: of the run's config dict, with the fields added since
+    cells were first archived left out at their defaults (:data:`HASH_OMIT_AT_DEFAULT`)."""
+    config = run.to_dict()
+    for key, default in HASH_OMIT_AT_DEFAULT.items():
+        if config.get(key) == default:
+            del config[key]
+    # Settings that became method-dependent defaults (None) are hashed by the value the method
+    # uses: a cell keeps its folder while that value is what it ran with, and moves when a
+    # method's default changes.
+    method = METHODS[run.method.method](run.method)
+    config["method"]["sigma_init"] = method.sigma_init
+    config["train"]["variational_lr"] = method.train_config(run.train).variational_lr
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
+
+
 def run_bench(
     config: BenchConfig,
     *,
     progress: bool = True,
     shard: tuple[int, int] | None = None,
     share: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Run every missing cell, then write the tables of every finished cell; returns the collected
     results.
@@ -235,33 +266,34 @@ def run_bench(
     (:meth:`BenchConfig.shard_cells`); with ``share=True`` each takes the next group of cells no other
     process has claimed (a claim file under ``out/claims``), so any number of processes started the
     same way keep busy until the grid is done, however unequal the cells' costs.
-    """
-    from tqdm.auto import tqdm
 
+    ``config.out`` continues a grid of its own; a folder holding anything else is refused unless
+    ``overwrite`` (see :func:`scalabl.io.output_folder`).
+    """
     if shard is not None and share:
         raise ValueError("bench: choose --shard I/N or --share, not both")
     groups = config.groups() if shard is None else config.shard_groups(*shard)
     total = sum(len(cells) for _, cells in groups)
     done = sum(config.finished_dir(*c) is not None for _, cells in groups for c in cells)
-    bar = tqdm(total=total, initial=done, desc="bench cells", disable=not progress, unit="cell")
-    for key, cells in groups:
-        todo = [c for c in cells if config.finished_dir(*c) is None]
-        if not todo:
-            continue
-        with claim(config.claim_path(key)) if share else nullcontext(True) as ours:
-            if ours:
-                for cell in todo:
-                    _run_cell(config, cell, bar)
-    bar.close()
-    results = collect(config)
-    write_tables(config, results)
+    with config.output(overwrite=overwrite):
+        bar = tqdm(total=total, initial=done, desc="bench cells", disable=not progress, unit="cell")
+        for key, cells in groups:
+            todo = [c for c in cells if config.finished_dir(*c) is None]
+            if not todo:
+                continue
+            with claim(config.claim_path(key)) if share else nullcontext(True) as ours:
+                if ours:
+                    for cell in todo:
+                        _run_cell(config, cell, bar)
+        bar.close()
+        results = collect(config)
+        write_tables(config, results)
     return results
 
 
 def _run_cell(config: BenchConfig, cell: tuple[str, str, int], bar: Any) -> None:
-    from scalabl.api import ADAPTER_FILE
-    from scalabl.runs import train_run
-
+    """Run one cell (and its source's, when only the archive has that): an unfinished cell's folder
+    holds the bench's own leftovers, which the run replaces."""
     label, task, seed = cell
     if config.finished_dir(label, task, seed) is not None:
         bar.update(1)  # finished meanwhile by another bench process on the same grid
@@ -272,8 +304,14 @@ def _run_cell(config: BenchConfig, cell: tuple[str, str, int], bar: Any) -> None
     if source and not (config.cell_dir(source, task, seed) / ADAPTER_FILE).is_file():
         # finished in the archive, which keeps no weights: re-run it (deterministic) for them
         bar.write(f"re-running {source} {task} seed {seed} for its adapter")
-        train_run(config.run_config(source, task, seed), config.cell_dir(source, task, seed), progress=False)
-    train_run(config.run_config(label, task, seed), config.cell_dir(label, task, seed), progress=False)
+        source_dir = config.cell_dir(source, task, seed)
+        train_run(config.run_config(source, task, seed), source_dir, progress=False, overwrite=True)
+    train_run(
+        config.run_config(label, task, seed),
+        config.cell_dir(label, task, seed),
+        progress=False,
+        overwrite=True,
+    )
     bar.update(1)
     bar.write(f"done {label} {task} seed {seed} in {time.perf_counter() - t0:.0f} s")
 
@@ -284,17 +322,8 @@ def collect(config: BenchConfig) -> dict[str, Any]:
     for label, task, seed in config.grid():
         found = config.finished_dir(label, task, seed)
         if found is not None:
-            results.setdefault(label, {}).setdefault(task, {})[seed] = json.loads(
-                (found / "metrics.json").read_text()
-            )
+            results.setdefault(label, {}).setdefault(task, {})[seed] = RunFolder(found).read_metrics()
     return results
-
-
-ARCHIVED_FILES = ("config.json", "metrics.json", "predictions.safetensors", "history.jsonl", "report.md")
-
-
-# what write_tables leaves under ``out``: archived beside the cells, so the committed tables match them
-TABLE_FILES = ("summary.md", "results.json", "tables/*", "reliability_*.png", "selective_*.png")
 
 
 def archive_cells(config: BenchConfig) -> int:
@@ -309,7 +338,7 @@ def archive_cells(config: BenchConfig) -> int:
     n = 0
     for label, task, seed in config.grid():
         here = config.cell_dir(label, task, seed)
-        if not (here / "metrics.json").is_file():
+        if not (here / METRICS_FILE).is_file():
             continue
         kept = Path(config.archive) / here.relative_to(config.out)
         for name in ARCHIVED_FILES:
@@ -320,158 +349,12 @@ def archive_cells(config: BenchConfig) -> int:
     return n
 
 
-# metrics that exist only for a shifted task (no in-distribution column)
-OOD_ONLY = ("auroc_max_prob", "auroc_entropy")
-# metrics where a larger value is better (for the rest, ECE, NLL, Brier and AURC, smaller is)
-HIGHER_BETTER = ("acc", "acc_cov50", "acc_cov80", "acc_cov90", *OOD_ONLY)
-# the metrics of the paired tables (each method against the reference method, seed by seed): all
-PAIRED = tuple(METRICS)
-
-
-def headline_key(metrics: dict[str, Any]) -> str:
-    """The evaluation a table reports for a run: its first sample count (S for Bayesian methods)."""
-    return next(iter(metrics["eval"]))
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    n = len(values)
-    mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    return mean, std
-
-
-def seed_values(
-    config: BenchConfig, results: dict[str, Any], label: str, metric: str
-) -> dict[str, dict[int, float]]:
-    """A method's value of ``metric`` (in table units) per column and seed: the in-distribution tasks
-    (not for the OOD AUROCs) and then every ``task→shifted`` column."""
-    scale = METRICS[metric][1]
-    per_task = results.get(label, {})
-    out: dict[str, dict[int, float]] = {}
-    if metric not in OOD_ONLY:
-        for task in config.tasks:
-            runs = per_task.get(task, {})
-            vals = {seed: m["eval"][headline_key(m)].get(metric) for seed, m in runs.items()}
-            out[task] = {seed: scale * v for seed, v in vals.items() if v is not None}
-    for task in config.tasks:
-        runs = per_task.get(task, {})
-        for shifted in config.ood.get(task, []):
-            vals = {
-                seed: m.get("ood", {}).get(shifted, {}).get(headline_key(m), {}).get(metric)
-                for seed, m in runs.items()
-            }
-            out[f"{task}→{shifted}"] = {seed: scale * v for seed, v in vals.items() if v is not None}
-    return out
-
-
-def table_rows(
-    config: BenchConfig, results: dict[str, Any], metric: str
-) -> tuple[list[str], list[list[Any]]]:
-    """Columns and rows of one metric's table: cells are (mean, std, n seeds) or None."""
-    columns: list[str] = []
-    rows = []
-    for label in config.methods:
-        per_column = seed_values(config, results, label, metric)
-        columns = list(per_column)
-        row: list[Any] = [label]
-        for vals in per_column.values():
-            v = list(vals.values())
-            row.append((*mean_std(v), len(v)) if v else None)
-        rows.append(row)
-    return columns, rows
-
-
-def paired_rows(
-    config: BenchConfig, results: dict[str, Any], metric: str, reference: str
-) -> tuple[list[str], list[list[Any]]]:
-    """Each method against ``reference``, paired by seed: cells are (mean difference, its sample std,
-    n seeds both ran, seeds where the method is better) or None. Better: higher for the accuracies
-    and the AUROCs, lower for the rest (:data:`HIGHER_BETTER`)."""
-    higher_better = metric in HIGHER_BETTER
-    ref = seed_values(config, results, reference, metric)
-    rows = []
-    for label in config.methods:
-        if label == reference:
-            continue
-        row: list[Any] = [label]
-        for column, vals in seed_values(config, results, label, metric).items():
-            seeds = sorted(set(vals) & set(ref.get(column, {})))
-            diffs = [vals[s] - ref[column][s] for s in seeds]
-            wins = sum(d > 0 if higher_better else d < 0 for d in diffs)
-            row.append((*mean_std(diffs), len(diffs), wins) if diffs else None)
-        rows.append(row)
-    return list(ref), rows
-
-
-def paired_markdown(metric: str, columns: list[str], rows: list[list[Any]]) -> str:
-    """A paired table: ``+1.2 ± 0.8 (2/3)`` = mean difference ± std, better on 2 of 3 seeds."""
-    fmt = METRICS[metric][2].replace("{:", "{:+")
-
-    def text(cell: Any) -> str:
-        if cell is None:
-            return "-"
-        mean, std, n, wins = cell
-        return fmt.format(mean) + (f" ± {METRICS[metric][2].format(std)}" if n > 1 else "") + f" ({wins}/{n})"
-
-    return _markdown(columns, rows, text)
-
-
-def _cell_text(cell: Any, fmt: str, sep: str) -> str:
-    if cell is None:
-        return "-"
-    mean, std, n = cell
-    return fmt.format(mean) + (f"{sep}{fmt.format(std)}" if n > 1 else "")
-
-
-def _markdown(columns: list[str], rows: list[list[Any]], cell_text: Callable[[Any], str]) -> str:
-    lines = ["| method | " + " | ".join(columns) + " |", "| --- |" + " --- |" * len(columns)]
-    lines += ["| " + " | ".join([r[0], *(cell_text(c) for c in r[1:])]) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def to_markdown(metric: str, columns: list[str], rows: list[list[Any]]) -> str:
-    fmt = METRICS[metric][2]
-    return _markdown(columns, rows, lambda c: _cell_text(c, fmt, " ± "))
-
-
-def to_csv(metric: str, columns: list[str], rows: list[list[Any]]) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["method", *[f"{c} {part}" for c in columns for part in ("mean", "std")], "seeds"])
-    for r in rows:
-        cells = [x for c in r[1:] for x in ((c[0], c[1]) if c else ("", ""))]
-        seeds = max((c[2] for c in r[1:] if c), default=0)
-        writer.writerow([r[0], *cells, seeds])
-    return buf.getvalue()
-
-
-def to_latex(metric: str, columns: list[str], rows: list[list[Any]]) -> str:
-    fmt = METRICS[metric][2]
-
-    def esc(text: str) -> str:
-        return text.replace("_", r"\_").replace("%", r"\%").replace("→", r"$\to$")
-
-    lines = [
-        r"\begin{tabular}{l" + "c" * len(columns) + "}",
-        r"\toprule",
-        "method & " + " & ".join(esc(c) for c in columns) + r" \\",
-        r"\midrule",
-    ]
-    lines += [
-        esc(r[0]) + " & " + " & ".join(_cell_text(c, fmt, r" $\pm$ ") for c in r[1:]) + r" \\" for r in rows
-    ]
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    return "\n".join(lines) + "\n"
-
-
-def write_tables(config: BenchConfig, results: dict[str, Any]) -> None:
+def write_tables(
+    config: BenchConfig, results: dict[str, Any], *, plots: bool = True, into: Path | None = None
+) -> None:
     """tables/METRIC.{md,csv,tex}, summary.md, reliability_TASK.png and selective_TASK.png (the
-    risk-coverage curves) under ``config.out``."""
-    from scalabl.report import plot_reliability, plot_risk_coverage
-    from scalabl.runs import load_predictions
-
-    out = Path(config.out)
+    risk-coverage curves, unless ``plots=False``) under ``into`` (default ``config.out``)."""
+    out = Path(config.out) if into is None else Path(into)
     sections = []
     for metric, (header, _, _) in METRICS.items():
         columns, rows = table_rows(config, results, metric)
@@ -497,12 +380,12 @@ def write_tables(config: BenchConfig, results: dict[str, Any]) -> None:
             table = paired_markdown(metric, columns, rows)
             write_text(out / "tables" / f"{metric}_vs_{reference}.md", table + "\n")
             sections += [f"### {METRICS[metric][0]}", "", table, ""]
-    for task in config.tasks:
+    for task in config.tasks if plots else ():
         curves = {}
         for label in config.methods:
             runs = results.get(label, {}).get(task, {})
             parts = [
-                load_predictions(config.finished_dir(label, task, seed), headline_key(m).replace("=", ""))
+                RunFolder(config.finished_dir(label, task, seed)).predictions(headline(m))
                 for seed, m in runs.items()
             ]
             if parts:

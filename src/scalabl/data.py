@@ -34,49 +34,22 @@ import functools
 import json
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-
-@dataclass(frozen=True)
-class Example:
-    """One multiple-choice question; ``label`` is the index of the correct choice."""
-
-    id: str
-    question: str
-    choices: tuple[str, ...]
-    label: int
-    context: str | None = None
-
-    def __post_init__(self) -> None:
-        if not self.id:
-            raise ValueError("Example.id must be a non-empty string")
-        if not self.question:
-            raise ValueError(f"Example.question must be a non-empty string (id={self.id!r})")
-        if len(self.choices) < 2:
-            raise ValueError(
-                f"Example.choices needs at least 2 choices, got {len(self.choices)} (id={self.id!r})"
-            )
-        if not 0 <= self.label < len(self.choices):
-            raise ValueError(
-                f"Example.label must be in [0, {len(self.choices)}), got {self.label} (id={self.id!r})"
-            )
-
-
-@dataclass(frozen=True)
-class Splits:
-    train: list[Example]
-    validation: list[Example]
-    test: list[Example]
-
-    def summary(self) -> dict[str, int]:
-        return {"train": len(self.train), "validation": len(self.validation), "test": len(self.test)}
-
+from scalabl.choices import Source
+from scalabl.examples import Example, Splits
+from scalabl.tasks import MMLU_PREFIX, TASK_NAMES, Task, get_task
 
 JSONL_PREFIX = "jsonl:"
 JSONL_FIELDS = ("id", "question", "choices", "answer", "context")
 JSONL_REQUIRED = ("question", "choices", "answer")
-SOURCES = ("offline", "hub")
+TASK_HELP = f"{', '.join(TASK_NAMES)}, mmlu:SUBJECT[,...], or jsonl:PATH"
+
+
+def check_task_name(task: str, field: str = "task") -> None:
+    """A ValueError naming ``field`` unless ``task`` names a task, MMLU subjects or a JSONL file."""
+    if task not in TASK_NAMES and not task.startswith((JSONL_PREFIX, MMLU_PREFIX)):
+        raise ValueError(f"{field}: unknown task {task!r}; allowed: {TASK_HELP}")
 
 
 def _jsonl_example(row: object, where: str, lineno: int) -> Example:
@@ -148,8 +121,6 @@ def load_jsonl(path: str | Path) -> list[Example]:
 
 @functools.cache
 def _offline_pool(task: str) -> tuple[Example, ...]:
-    from scalabl.tasks import get_task
-
     return tuple(get_task(task).offline())
 
 
@@ -164,8 +135,6 @@ def load_examples(task: str) -> list[Example]:
     """All examples of ``task``'s offline pool (or of a ``jsonl:PATH`` file), sorted by id."""
     if task.startswith(JSONL_PREFIX):
         return sorted(load_jsonl(_jsonl_path(task)), key=lambda e: e.id)
-    from scalabl.tasks import get_task
-
     return list(_offline_pool(get_task(task).name))
 
 
@@ -198,7 +167,7 @@ def split_examples(examples: Sequence[Example], *, seed: int = 0, n_validation: 
     )
 
 
-def _hub_splits(task, *, seed: int, n_validation: int | None, n_test: int | None) -> Splits:
+def _hub_splits(task: Task, *, seed: int, n_validation: int | None, n_test: int | None) -> Splits:
     """Official hub splits; validation carved from train (10%, seeded) where the task has none apart."""
     hub = task.hub()
     train = _shuffled(hub.train, seed)
@@ -228,8 +197,7 @@ def load_splits(
     source: str = "offline",
 ) -> Splits:
     """Load ``task`` from ``source`` and split it (see the module docstring and :mod:`scalabl.tasks`)."""
-    if source not in SOURCES:
-        raise ValueError(f"source: {source!r} not in {SOURCES}")
+    source = Source.parse(source, "source")
     if max_train is not None and max_train < 0:
         raise ValueError(f"max_train must be >= 0, got {max_train}")
     task_cap = None
@@ -237,8 +205,6 @@ def load_splits(
         examples = load_examples(task)
         defaults = jsonl_split_sizes(len(examples))
     else:
-        from scalabl.tasks import get_task
-
         spec = get_task(task)
         task_cap = spec.max_train
         if source == "hub":

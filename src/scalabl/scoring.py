@@ -29,9 +29,9 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from scalabl.choices import SCORING_MODES, TRUNCATION_MODES
-from scalabl.data import Example
-from scalabl.methods.base import bayesian_modules, clear_noise, draw_noise, sampling, select_noise
+from scalabl.bayesian import base_model, bayesian_modules, clear_noise, draw_noise, sampling, select_noise
+from scalabl.choices import Scoring, Truncation
+from scalabl.examples import Example
 from scalabl.subset import (
     Branch,
     Subset,
@@ -58,8 +58,8 @@ def letter_prompt(example: Example) -> str:
 
 def _cache_kwarg(model: nn.Module) -> str:
     """The forward argument that takes a KV cache: ``cache`` (transformers >= 5.2x) or the older name."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
+    forward = type(base_model(model)).forward
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
 
 
 def _output_cache(out) -> object:
@@ -80,21 +80,17 @@ class Scorer:
     def __init__(
         self,
         tokenizer: PreTrainedTokenizerBase,
-        mode: str = "continuation",
+        mode: str = Scoring.CONTINUATION,
         *,
         length_norm: bool = False,
         max_length: int | None = None,
-        truncation: str = "left",
+        truncation: str = Truncation.LEFT,
         reuse_prompt: bool = True,
     ) -> None:
-        if mode not in SCORING_MODES:
-            raise ValueError(f"scoring: {mode!r} not in {SCORING_MODES}")
-        if truncation not in TRUNCATION_MODES:
-            raise ValueError(f"truncation: {truncation!r} not in {TRUNCATION_MODES}")
-        self.truncation = truncation
+        self.mode = Scoring.parse(mode, "scoring")
+        self.truncation = Truncation.parse(truncation, "truncation")
         self.reuse_prompt = reuse_prompt
         self.tokenizer = tokenizer
-        self.mode = mode
         self.length_norm = length_norm
         self.max_length = max_length or getattr(tokenizer, "model_max_length", None) or 2048
         if self.max_length > 1_000_000:  # tokenizers without a limit report a huge sentinel
@@ -124,7 +120,7 @@ class Scorer:
         if example in self._cache:
             return self._cache[example]
         tok = self.tokenizer
-        if self.mode == "letter":
+        if self.mode == Scoring.LETTER:
             prompt = tok.encode(letter_prompt(example), add_special_tokens=True)
             choices: list[list[int]] = []
             longest = 1
@@ -140,7 +136,7 @@ class Scorer:
                 f"example {example.id}: its longest choice ({longest} tokens) leaves no room for the prompt "
                 f"in the model context of {self.max_length} tokens"
             )
-        if len(prompt) > budget and self.truncation == "error":
+        if len(prompt) > budget and self.truncation == Truncation.ERROR:
             raise ValueError(
                 f"example {example.id}: prompt of {len(prompt)} tokens does not fit the model context of "
                 f"{self.max_length} tokens with its longest choice ({longest}); "
@@ -176,7 +172,7 @@ class Scorer:
 
         ``sample=True`` draws one posterior sample per example (a no-op for deterministic
         methods); ``sample=False`` uses the posterior mean. ``keep_noise=True`` leaves the drawn
-        noise on the modules (the caller clears it, with :func:`scalabl.methods.base.clear_noise`):
+        noise on the modules (the caller clears it, with :func:`scalabl.bayesian.clear_noise`):
         a backward pass that recomputes the forward (gradient checkpointing) must see the same sample.
 
         ``subset`` (see :mod:`scalabl.subset`) with ``copies=S``: S samples of only the subset's
@@ -208,7 +204,7 @@ class Scorer:
                     clear_noise(model)
 
     def _logits(self, model: nn.Module, encoded: list[Encoded], device: torch.device, branch: Branch | None):
-        if self.mode == "letter":
+        if self.mode == Scoring.LETTER:
             return self._letter_logits(model, encoded, device, branch)
         if not self.reuse_prompt:
             return self._full_continuation_logits(model, encoded, device, branch)
@@ -226,7 +222,7 @@ class Scorer:
         ``positions`` (bool ``[rows, T]``, row-major order) or, if None, each row's last position.
         Returns float32 log-probs ``[n, V]`` and the KV cache. The head is the largest matrix of a
         small model: padded and prompt positions never reach it."""
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base = base_model(model)
         if branch is not None:
             branch.rows = input_ids.shape[0]  # the rows entering; a layer branch repeats them
         out = base.get_decoder()(input_ids=input_ids, **kwargs)

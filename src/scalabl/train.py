@@ -1,4 +1,4 @@
-"""The training loop: one function to read top to bottom.
+"""The training loop: :func:`fit`, one function to read top to bottom, and the steps it calls.
 
 Objective per training example (DESIGN §1): ``mean NLL + kl_weight * KL / N_train``. Two recipes:
 
@@ -8,6 +8,8 @@ Objective per training example (DESIGN §1): ``mean NLL + kl_weight * KL / N_tra
   every NLL step a plain SGD optimiser steps on the summed KL with learning rate
   ``kl_lr * schedule(step) * pi_i``, ``pi_i = 2^i / (2^(M+1) - 1)``, ``i = (step mod M) + 1``,
   ``M = floor(100 * N_train^(pi/8) / batch_size)``.
+
+The options are :class:`scalabl.config.TrainConfig`'s.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,61 +28,12 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from scalabl import distributed
+from scalabl.bayesian import clear_noise, posterior_stats, sampling, total_kl, variational_parameters
 from scalabl.checkpoint import CHECKPOINT_FILE, read_checkpoint, restore_checkpoint, save_checkpoint
-from scalabl.choices import RECIPES
-from scalabl.config import check_fields
-from scalabl.data import Example
-from scalabl.methods.base import clear_noise, posterior_stats, sampling, total_kl, variational_parameters
+from scalabl.choices import Recipe
+from scalabl.config import TrainConfig
+from scalabl.examples import Example
 from scalabl.scoring import Scorer
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation settings shared by every trained method."""
-
-    steps: int = 100
-    batch_size: int = 4
-    grad_accum: int = 1
-    lr: float = 2e-3
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.06
-    max_grad_norm: float | None = 1.0
-    recipe: str = "elbo"
-    kl_weight: float = 1.0
-    kl_warmup_ratio: float = 0.1
-    variational_lr: float | None = None  # elbo: learning rate of log_mu/log_sigma (None = lr)
-    kl_lr: float = 0.1  # blob: base learning rate of the SGD step on the KL
-    seed: int = 0
-    log_every: int = 10
-    checkpoint_every: int = 50  # steps between checkpoints (0: only at the end); needs a checkpoint folder
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "grad_accum", "log_every"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name}: must be a positive integer, got {v!r}")
-        for name in ("lr", "kl_lr"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name}: must be > 0, got {getattr(self, name)!r}")
-        if self.variational_lr is not None and self.variational_lr <= 0:
-            raise ValueError(f"variational_lr: must be > 0 or None, got {self.variational_lr!r}")
-        for name in ("warmup_ratio", "kl_warmup_ratio"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name}: must be in [0, 1], got {getattr(self, name)!r}")
-        if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
-            raise ValueError(f"checkpoint_every: must be an integer >= 0, got {self.checkpoint_every!r}")
-        if self.weight_decay < 0 or self.kl_weight < 0:
-            raise ValueError("weight_decay and kl_weight must be >= 0")
-        if self.recipe not in RECIPES:
-            raise ValueError(f"recipe: {self.recipe!r} not in {RECIPES}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        check_fields(cls, d, "train config")
-        return cls(**d)
 
 
 def blob_kl_weight(step: int, n_train: int, batch_size: int) -> float:
@@ -123,6 +76,33 @@ class TrainingDiverged(ValueError):
     """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
 
 
+@dataclass
+class Optimisation:
+    """What the optimisers act on: AdamW (+ its schedule) on everything, BLoB's SGD on the KL."""
+
+    main: torch.optim.AdamW
+    scheduler: Any
+    kl: torch.optim.SGD | None
+    trainable: list[nn.Parameter]
+    bayesian: bool  # the model has variational parameters (tfb's fixed posterior has none)
+
+    @property
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"main": self.main} | ({"kl": self.kl} if self.kl is not None else {})
+
+
+@dataclass
+class LoopState:
+    """Everything the loop carries from step to step (and a checkpoint holds)."""
+
+    batches: BatchStream
+    step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    window: list[tuple[float, float, float]] = field(default_factory=list)  # (nll, kl, KL+penalty term)
+    elapsed: float = 0.0
+    last_checkpoint: int | None = None
+
+
 def fit(
     model: nn.Module,
     scorer: Scorer,
@@ -148,173 +128,254 @@ def fit(
         raise ValueError("training set is empty")
     n_train = len(train)
     generator = torch.Generator().manual_seed(config.seed)
-    device = next(model.parameters()).device
-
-    variational = variational_parameters(model)
-    bayesian = bool(variational)  # modules with a fixed posterior (tfb) have no KL to train
-    var_ids = {id(p) for p in variational}
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    rest = [p for p in trainable if id(p) not in var_ids]
-    groups = [{"params": rest, "lr": config.lr}]
-    if variational:
-        var_lr = config.variational_lr if config.recipe == "elbo" and config.variational_lr else config.lr
-        # No weight decay on the posterior: the KL is its regulariser.
-        groups.append({"params": variational, "lr": var_lr, "weight_decay": 0.0})
-    optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
-    warmup = round(config.warmup_ratio * config.steps)
-    scheduler = get_linear_schedule_with_warmup(optimizer, warmup, config.steps)
-    optimizers = {"main": optimizer}
-    kl_optimizer = None
-    if config.recipe == "blob" and bayesian:
-        kl_optimizer = optimizers["kl"] = torch.optim.SGD(variational, lr=config.kl_lr)
-
-    batches = BatchStream(n_train, config.batch_size, generator)
-    history: list[dict[str, Any]] = []
-    window: list[tuple[float, float, float]] = []  # (nll, kl, KL + penalty term) per step since the last log
-    start, elapsed, last_checkpoint = 0, 0.0, None
+    opt = optimisation(model, config)
+    state = LoopState(BatchStream(n_train, config.batch_size, generator))
     if checkpoint_dir is not None and resume:
-        found = read_checkpoint(checkpoint_dir)
-        if found is not None:
-            source = str(Path(checkpoint_dir) / CHECKPOINT_FILE)
-            loop = restore_checkpoint(
-                *found,
-                model=model,
-                optimizers=optimizers,
-                scheduler=scheduler,
-                generator=generator,
-                source=source,
-            )
-            _check_same_config(loop["config"], config, source)
-            batches.load_state(loop["batches"])
-            history, window = loop["history"], [tuple(w) for w in loop["window"]]
-            start = last_checkpoint = loop["step"]
-            elapsed = loop["elapsed"]
+        resume_from(checkpoint_dir, model, opt, generator, config, state)
 
     model.train()
-    bar = tqdm(range(start, config.steps), desc="train", disable=not progress, dynamic_ncols=True)
-    t0 = time.perf_counter() - elapsed
+    bar = tqdm(range(state.step, config.steps), desc="train", disable=not progress, dynamic_ncols=True)
+    t0 = time.perf_counter() - state.elapsed
     for step in bar:
-        optimizer.zero_grad(set_to_none=True)
-        nll_sum = 0.0
-        for _ in range(config.grad_accum):
-            batch = [train[i] for i in batches.next()]
-            # Data parallel: this process's rows of the global batch, with the noise rows one
-            # process would draw for them.
-            n_global = len(batch)
-            rows = distributed.my_rows(n_global)
-            batch = [batch[r] for r in rows]
-            labels = torch.tensor([e.label for e in batch], device=device)
-            # The sample stays drawn (and the modules sampling) until backward is done: with
-            # gradient checkpointing the backward re-runs the forward and must see the same sample.
-            with sampling(model, True):
-                try:
-                    logits = scorer.class_logits(
-                        model,
-                        batch,
-                        sample=True,
-                        generator=generator,
-                        keep_noise=True,
-                        rows_of=(n_global, rows),
-                    )
-                    nll = F.cross_entropy(logits, labels)
-                    (nll / config.grad_accum).backward()
-                finally:
-                    clear_noise(model)
-            nll_sum += nll.item() / config.grad_accum
-
-        kl_value, kl_term = 0.0, 0.0
-        if bayesian and config.recipe == "elbo":
-            kl_warm = max(1, round(config.kl_warmup_ratio * config.steps))
-            weight = config.kl_weight * min(1.0, (step + 1) / kl_warm)
-            kl = total_kl(model)
-            (weight * kl / n_train).backward()
-            kl_value = distributed.full(kl).item()
-            kl_term = weight * kl_value / n_train
-        if penalty is not None:
-            prior_term = penalty() / n_train
-            prior_term.backward()
-            kl_term += distributed.full(prior_term).item()
+        opt.main.zero_grad(set_to_none=True)
+        nll = nll_backward(model, scorer, train, config, state.batches, generator)
+        kl_value, kl_term = prior_backward(model, opt, config, step, n_train, penalty)
         # Mean over processes: the KL / N term, added by each, then counts once (see scalabl.distributed).
-        distributed.average_gradients(trainable)
-        nll_sum = distributed.mean(nll_sum)
-        if not (math.isfinite(nll_sum) and math.isfinite(kl_term)):
-            # Stop before the optimiser writes NaN into the weights; the last checkpoint stays good.
-            where = (
-                f"the last good checkpoint (step {last_checkpoint}) is kept in {checkpoint_dir}"
-                if last_checkpoint is not None
-                else "no checkpoint was written before it"
-            )
-            raise TrainingDiverged(
-                f"step {step + 1}: the training loss is not finite (NLL {nll_sum}, KL/penalty term {kl_term}); "
-                f"training stopped, {where}. Lower the learning rate or check the data."
-            )
-        if config.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
-        optimizer.step()
-        lr_used = optimizer.param_groups[0]["lr"]
-        schedule = lr_used / config.lr  # warm-up/decay factor of this step
-        scheduler.step()
+        distributed.average_gradients(opt.trainable)
+        nll = distributed.mean(nll)
+        check_finite(step, nll, kl_term, state.last_checkpoint, checkpoint_dir)
+        lr, schedule = optimiser_step(opt, config)
+        if opt.kl is not None:
+            kl_value = kl_step(model, opt.kl, config, step, n_train, schedule)
 
-        if kl_optimizer is not None:
-            kl_optimizer.zero_grad(set_to_none=True)
-            kl = total_kl(model)
-            kl.backward()
-            pi = blob_kl_weight(step, n_train, config.batch_size * config.grad_accum)
-            for g in kl_optimizer.param_groups:
-                g["lr"] = config.kl_lr * schedule * pi
-            kl_optimizer.step()
-            kl_value = distributed.full(kl).item()
-
-        window.append((nll_sum, kl_value, kl_term))
+        state.window.append((nll, kl_value, kl_term))
         if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
-            nll_avg, kl_avg, term_avg = (sum(w[k] for w in window) / len(window) for k in range(3))
-            window.clear()
-            record: dict[str, Any] = {
-                "step": step + 1,
-                "nll": nll_avg,
-                "kl": kl_avg,
-                # the objective the optimiser saw: NLL + the warmed-up KL / N (elbo) + penalty / N (map);
-                # NLL alone (blob)
-                "loss": nll_avg + term_avg,
-                "lr": lr_used,
-                "seconds": time.perf_counter() - t0,
-            }
-            stats = posterior_stats(model)
-            if stats:
-                record["sigma"] = sum(s["sigma"] for s in stats.values()) / len(stats)
-                record["mu"] = sum(s["mu"] for s in stats.values()) / len(stats)
-                record["sigma_over_mu"] = sum(s["sigma_over_mu"] for s in stats.values()) / len(stats)
-                record["modules"] = stats
-            history.append(record)
+            record = log_record(model, state, step, lr, time.perf_counter() - t0)
             if on_log is not None:
                 on_log(record)
-            shown = {"nll": f"{nll_avg:.3f}"}
-            if bayesian:
-                shown["kl"] = f"{kl_avg:.1f}"
-                if stats:
-                    shown["sigma"] = f"{record['sigma']:.3f}"
-            bar.set_postfix(shown)
+            bar.set_postfix(progress_fields(record, opt.bayesian))
         every = config.checkpoint_every
         due = (every and (step + 1) % every == 0) or step + 1 == config.steps
         if checkpoint_dir is not None and due and distributed.is_main():
-            save_checkpoint(
-                checkpoint_dir,
-                model=model,
-                optimizers=optimizers,
-                scheduler=scheduler,
-                generator=generator,
-                loop_state={
-                    "step": step + 1,
-                    "batches": batches.state(),
-                    "history": history,
-                    "window": [list(w) for w in window],
-                    "elapsed": time.perf_counter() - t0,
-                    "config": config.to_dict(),
-                },
-            )
-            last_checkpoint = step + 1
+            state.step, state.elapsed = step + 1, time.perf_counter() - t0
+            checkpoint(checkpoint_dir, model, opt, generator, state, config)
     model.eval()
-    return history
+    return state.history
+
+
+# ---- the steps of the loop -------------------------------------------------------------------------
+def optimisation(model: nn.Module, config: TrainConfig) -> Optimisation:
+    """AdamW over the trainable parameters (the variational ones in their own group, without weight
+    decay: the KL is their regulariser), its warm-up/decay schedule, and BLoB's SGD on the KL."""
+    variational = variational_parameters(model)
+    var_ids = {id(p) for p in variational}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in trainable if id(p) not in var_ids], "lr": config.lr}]
+    if variational:
+        var_lr = (
+            config.variational_lr if config.recipe == Recipe.ELBO and config.variational_lr else config.lr
+        )
+        groups.append({"params": variational, "lr": var_lr, "weight_decay": 0.0})
+    main = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = get_linear_schedule_with_warmup(main, round(config.warmup_ratio * config.steps), config.steps)
+    kl = (
+        torch.optim.SGD(variational, lr=config.kl_lr)
+        if config.recipe == Recipe.BLOB and variational
+        else None
+    )
+    return Optimisation(main, scheduler, kl, trainable, bayesian=bool(variational))
+
+
+def resume_from(
+    folder: str | Path,
+    model: nn.Module,
+    opt: Optimisation,
+    generator: torch.Generator,
+    config: TrainConfig,
+    state: LoopState,
+) -> None:
+    """Load the checkpoint in ``folder`` (if there is one) into the live objects and ``state``."""
+    found = read_checkpoint(folder)
+    if found is None:
+        return
+    source = str(Path(folder) / CHECKPOINT_FILE)
+    loop = restore_checkpoint(
+        *found,
+        model=model,
+        optimizers=opt.optimizers,
+        scheduler=opt.scheduler,
+        generator=generator,
+        source=source,
+    )
+    _check_same_config(loop["config"], config, source)
+    state.batches.load_state(loop["batches"])
+    state.history, state.window = loop["history"], [tuple(w) for w in loop["window"]]
+    state.step = state.last_checkpoint = loop["step"]
+    state.elapsed = loop["elapsed"]
+
+
+def nll_backward(
+    model: nn.Module,
+    scorer: Scorer,
+    train: Sequence[Example],
+    config: TrainConfig,
+    batches: BatchStream,
+    generator: torch.Generator,
+) -> float:
+    """Backward of the mean NLL over ``grad_accum`` micro-batches, one posterior sample per example;
+    returns the NLL."""
+    device = next(model.parameters()).device
+    nll_sum = 0.0
+    for _ in range(config.grad_accum):
+        batch = [train[i] for i in batches.next()]
+        # Data parallel: this process's rows of the global batch, with the noise rows one process
+        # would draw for them.
+        n_global = len(batch)
+        rows = distributed.my_rows(n_global)
+        batch = [batch[r] for r in rows]
+        labels = torch.tensor([e.label for e in batch], device=device)
+        # The sample stays drawn (and the modules sampling) until backward is done: with gradient
+        # checkpointing the backward re-runs the forward and must see the same sample.
+        with sampling(model, True):
+            try:
+                logits = scorer.class_logits(
+                    model, batch, sample=True, generator=generator, keep_noise=True, rows_of=(n_global, rows)
+                )
+                nll = F.cross_entropy(logits, labels)
+                (nll / config.grad_accum).backward()
+            finally:
+                clear_noise(model)
+        nll_sum += nll.item() / config.grad_accum
+    return nll_sum
+
+
+def prior_backward(
+    model: nn.Module,
+    opt: Optimisation,
+    config: TrainConfig,
+    step: int,
+    n_train: int,
+    penalty: Callable[[], torch.Tensor] | None,
+) -> tuple[float, float]:
+    """Backward of the elbo recipe's warmed-up ``KL / N`` and of a ``penalty / N``; returns the KL
+    and the term added to the loss."""
+    kl_value, term = 0.0, 0.0
+    if opt.bayesian and config.recipe == Recipe.ELBO:
+        kl_warm = max(1, round(config.kl_warmup_ratio * config.steps))
+        weight = config.kl_weight * min(1.0, (step + 1) / kl_warm)
+        kl = total_kl(model)
+        (weight * kl / n_train).backward()
+        kl_value = distributed.full(kl).item()
+        term = weight * kl_value / n_train
+    if penalty is not None:
+        prior_term = penalty() / n_train
+        prior_term.backward()
+        term += distributed.full(prior_term).item()
+    return kl_value, term
+
+
+def check_finite(
+    step: int, nll: float, term: float, last_checkpoint: int | None, checkpoint_dir: str | Path | None
+) -> None:
+    """Stop before the optimiser writes NaN into the weights; the last checkpoint stays good."""
+    if math.isfinite(nll) and math.isfinite(term):
+        return
+    where = (
+        f"the last good checkpoint (step {last_checkpoint}) is kept in {checkpoint_dir}"
+        if last_checkpoint is not None
+        else "no checkpoint was written before it"
+    )
+    raise TrainingDiverged(
+        f"step {step + 1}: the training loss is not finite (NLL {nll}, KL/penalty term {term}); "
+        f"training stopped, {where}. Lower the learning rate or check the data."
+    )
+
+
+def optimiser_step(opt: Optimisation, config: TrainConfig) -> tuple[float, float]:
+    """Clip, step AdamW and its schedule; returns this step's learning rate and its warm-up/decay factor."""
+    if config.max_grad_norm:
+        torch.nn.utils.clip_grad_norm_(opt.trainable, config.max_grad_norm)
+    opt.main.step()
+    lr = opt.main.param_groups[0]["lr"]
+    opt.scheduler.step()
+    return lr, lr / config.lr
+
+
+def kl_step(
+    model: nn.Module,
+    kl_optimizer: torch.optim.SGD,
+    config: TrainConfig,
+    step: int,
+    n_train: int,
+    schedule: float,
+) -> float:
+    """The blob recipe's SGD step on the summed KL (learning rate ``kl_lr * schedule * pi_i``); returns the KL."""
+    kl_optimizer.zero_grad(set_to_none=True)
+    kl = total_kl(model)
+    kl.backward()
+    pi = blob_kl_weight(step, n_train, config.batch_size * config.grad_accum)
+    for g in kl_optimizer.param_groups:
+        g["lr"] = config.kl_lr * schedule * pi
+    kl_optimizer.step()
+    return distributed.full(kl).item()
+
+
+def log_record(model: nn.Module, state: LoopState, step: int, lr: float, seconds: float) -> dict[str, Any]:
+    """Average the window since the last log into a history record (with the posterior's stats)."""
+    nll, kl, term = (sum(w[k] for w in state.window) / len(state.window) for k in range(3))
+    state.window.clear()
+    record: dict[str, Any] = {
+        "step": step + 1,
+        "nll": nll,
+        "kl": kl,
+        # the objective the optimiser saw: NLL + the warmed-up KL / N (elbo) + penalty / N (map);
+        # NLL alone (blob)
+        "loss": nll + term,
+        "lr": lr,
+        "seconds": seconds,
+    }
+    stats = posterior_stats(model)
+    if stats:
+        for key in ("sigma", "mu", "sigma_over_mu"):
+            record[key] = sum(s[key] for s in stats.values()) / len(stats)
+        record["modules"] = stats
+    state.history.append(record)
+    return record
+
+
+def progress_fields(record: dict[str, Any], bayesian: bool) -> dict[str, str]:
+    shown = {"nll": f"{record['nll']:.3f}"}
+    if bayesian:
+        shown["kl"] = f"{record['kl']:.1f}"
+        if "sigma" in record:
+            shown["sigma"] = f"{record['sigma']:.3f}"
+    return shown
+
+
+def checkpoint(
+    folder: str | Path,
+    model: nn.Module,
+    opt: Optimisation,
+    generator: torch.Generator,
+    state: LoopState,
+    config: TrainConfig,
+) -> None:
+    save_checkpoint(
+        folder,
+        model=model,
+        optimizers=opt.optimizers,
+        scheduler=opt.scheduler,
+        generator=generator,
+        loop_state={
+            "step": state.step,
+            "batches": state.batches.state(),
+            "history": state.history,
+            "window": [list(w) for w in state.window],
+            "elapsed": state.elapsed,
+            "config": config.to_dict(),
+        },
+    )
+    state.last_checkpoint = state.step
 
 
 def _check_same_config(saved: dict[str, Any], config: TrainConfig, source: str) -> None:

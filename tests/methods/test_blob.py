@@ -8,8 +8,8 @@ import torch
 from conftest import make_tiny_llama
 from torch.distributions import Normal, kl_divergence
 
+from scalabl.bayesian import bayesian_modules, total_kl, variational_parameters
 from scalabl.methods import MethodConfig
-from scalabl.methods.base import bayesian_modules, total_kl, variational_parameters
 from scalabl.methods.blob import BLoB, BlobA
 
 

@@ -10,6 +10,7 @@ import torch
 from conftest import make_byte_tokenizer, make_tiny_llama, toy_examples
 
 from scalabl.api import BayesianLoRA
+from scalabl.config import PredictConfig
 from scalabl.methods import METHODS, MethodConfig
 
 RANK = 4
@@ -89,7 +90,7 @@ def test_training_is_deterministic_under_a_seed(fitted):
 
 def test_samples_differ_only_for_stochastic_methods(fitted):
     name, blora = fitted
-    _, samples = blora.predict_log_proba(TEST, n_samples=3, seed=0, return_samples=True)
+    samples = blora.predict(TEST, PredictConfig(n_samples=3, seed=0)).samples
     if name == "ensemble":
         assert samples.shape[0] == K and not torch.equal(samples[0], samples[1])
     elif name == "laplace":  # the GLM predictive: one averaged distribution, not the MAP's

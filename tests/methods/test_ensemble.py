@@ -9,6 +9,7 @@ from conftest import make_byte_tokenizer, make_tiny_llama, toy_examples
 from peft import get_peft_model_state_dict
 
 from scalabl.api import BayesianLoRA
+from scalabl.config import PredictConfig
 from scalabl.methods import MethodConfig
 
 EXAMPLES = toy_examples(8)
@@ -38,7 +39,8 @@ def test_members_are_separate_adapters_with_different_inits():
 def test_training_member_k_leaves_the_others_and_history_is_tagged():
     blora = ensemble(2)
     before = member_state(blora, "member1")
-    from scalabl.train import TrainConfig, fit
+    from scalabl.config import TrainConfig
+    from scalabl.train import fit
 
     blora.model.set_adapter("member0")
     fit(blora.model, blora.scorer, EXAMPLES, TrainConfig(steps=2, batch_size=4, lr=1e-2), progress=False)
@@ -51,7 +53,8 @@ def test_training_member_k_leaves_the_others_and_history_is_tagged():
 def test_prediction_is_the_average_of_the_members():
     blora = ensemble(3)
     blora.fit(EXAMPLES, steps=2, batch_size=4, lr=2e-2, progress=False)
-    avg, samples = blora.predict_log_proba(EXAMPLES, n_samples=10, return_samples=True)
+    prediction = blora.predict(EXAMPLES, PredictConfig(n_samples=10))
+    avg, samples = prediction.log_probs, prediction.samples
     assert samples.shape[0] == 3
     members = []
     for name in blora.method.members:

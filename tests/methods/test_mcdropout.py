@@ -6,8 +6,8 @@ import torch
 from conftest import make_byte_tokenizer, make_tiny_llama, toy_examples
 
 from scalabl.api import BayesianLoRA
+from scalabl.bayesian import bayesian_modules, lora_layers
 from scalabl.methods import MethodConfig
-from scalabl.methods.base import bayesian_modules, lora_layers
 from scalabl.methods.mcdropout import DropoutA
 
 

@@ -10,8 +10,8 @@ from conftest import make_tiny_llama
 from torch import nn
 from torch.distributions import Normal, kl_divergence
 
+from scalabl.bayesian import bayesian_modules, draw_noise, lora_layers, sampling
 from scalabl.methods import MethodConfig, get_method
-from scalabl.methods.base import bayesian_modules, draw_noise, lora_layers, sampling
 from scalabl.methods.mle import MLE
 from scalabl.methods.scalabl import ScalaBL, SubspaceA, gaussian_kl
 
@@ -333,7 +333,7 @@ def test_config_round_trip():
 
 def test_defaults_from_the_calibration_study():
     """No sigma_init / variational_lr given: ScalaBL's own defaults (docs/calibration-study.md)."""
-    from scalabl.train import TrainConfig
+    from scalabl.config import TrainConfig
 
     method = ScalaBL(MethodConfig(method="scalabl", rank=4))
     model = method.wrap(make_tiny_llama())

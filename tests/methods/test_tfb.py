@@ -7,8 +7,9 @@ import torch
 from conftest import make_byte_tokenizer, make_tiny_llama, toy_examples
 
 from scalabl.api import BayesianLoRA
+from scalabl.bayesian import bayesian_modules
+from scalabl.config import PredictConfig
 from scalabl.methods import MethodConfig
-from scalabl.methods.base import bayesian_modules
 from scalabl.methods.tfb import TFBA
 
 TRAIN = toy_examples(12)
@@ -23,7 +24,7 @@ def trained_tfb(**kwargs) -> BayesianLoRA:
 
 
 def delta_weights(blora: BayesianLoRA) -> list[torch.Tensor]:
-    from scalabl.methods.base import lora_layers
+    from scalabl.bayesian import lora_layers
 
     return [layer.get_delta_weight("default").detach().clone() for _, layer in lora_layers(blora.model)]
 
@@ -38,7 +39,7 @@ def test_training_is_plain_lora_and_the_rotation_keeps_the_product():
         assert torch.allclose(a, b, atol=1e-6)
     assert torch.allclose(lp_before, blora.predict_log_proba(VALIDATION, n_samples=0), atol=1e-6)
     # after rotation B' = U S has orthogonal columns with norms S
-    from scalabl.methods.base import lora_layers
+    from scalabl.bayesian import lora_layers
 
     for _, layer in lora_layers(blora.model):
         b = layer.lora_B["default"].weight.detach()
@@ -78,7 +79,7 @@ def test_a_loose_tolerance_gives_a_larger_beta_and_more_spread():
     loose_model = trained_tfb(tfb_tolerance=0.5)
     loose = loose_model.calibrate(VALIDATION)["beta"]
     assert loose > tight > 0 or (tight == 0 and loose > 0)
-    _, samples = loose_model.predict_log_proba(VALIDATION, n_samples=3, return_samples=True)
+    samples = loose_model.predict(VALIDATION, PredictConfig(n_samples=3)).samples
     assert not torch.allclose(samples[0], samples[1])
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from scalabl.methods.base import Method, MethodConfig
+from scalabl.config import MethodConfig
+from scalabl.methods.base import Method
 from scalabl.methods.blob import BLoB
 from scalabl.methods.ensemble import Ensemble
 from scalabl.methods.laplace import LaplaceLoRA
@@ -13,6 +14,7 @@ from scalabl.methods.scalabl import ScalaBL
 from scalabl.methods.temperature import Temperature
 from scalabl.methods.tfb import TFB
 
+# in the order of scalabl.choices.MethodName (a test holds the two together)
 METHODS: dict[str, type[Method]] = {
     m.name: m for m in (MLE, ScalaBL, MAP, MCDropout, Ensemble, BLoB, TFB, LaplaceLoRA, Temperature)
 }

@@ -16,8 +16,10 @@ import torch
 from peft import PeftModel
 from torch import nn
 
+from scalabl.bayesian import replace_lora_a
+from scalabl.choices import KLDirection
 from scalabl.distributed import full
-from scalabl.methods.base import Method, replace_lora_a
+from scalabl.methods.base import Method
 from scalabl.methods.flipout import FlipoutGaussianA
 from scalabl.methods.scalabl import gaussian_kl
 
@@ -37,7 +39,7 @@ class BlobA(FlipoutGaussianA):
         super().__init__(mean, noise=noise)
         self.rho = nn.Parameter(rho)
         self.prior_std = prior_std
-        self.kl_direction = kl_direction
+        self.kl_direction = KLDirection.parse(kl_direction, "kl_direction")
 
     @classmethod
     def from_lora_weight(cls, weight: torch.Tensor, sigma_init: float, **kwargs) -> BlobA:

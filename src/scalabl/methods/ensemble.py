@@ -12,18 +12,18 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
 
+from scalabl.config import PredictConfig, TrainConfig
+from scalabl.examples import Example
 from scalabl.methods.base import Method, reject_subset
-
-if TYPE_CHECKING:
-    from scalabl.data import Example
-    from scalabl.scoring import Scorer
-    from scalabl.train import TrainConfig
+from scalabl.predict import predict_samples
+from scalabl.scoring import Scorer
+from scalabl.train import fit
 
 SEPARATOR = "::"  # saved keys are "member{k}::{peft key}"
 
@@ -62,8 +62,6 @@ class Ensemble(Method):
         Each member checkpoints into ``checkpoint_dir/member{k}``: a resumed run restores the members
         already trained from their final checkpoints and continues the interrupted one.
         """
-        from scalabl.train import fit
-
         history: list[dict[str, Any]] = []
         for k, name in enumerate(self.members):
             model.set_adapter(name)  # makes only this member trainable
@@ -87,43 +85,22 @@ class Ensemble(Method):
         return history
 
     def predict_samples(
-        self,
-        model: nn.Module,
-        scorer: Scorer,
-        examples: Sequence[Example],
-        *,
-        n_samples: int,
-        batch_size: int = 8,
-        seed: int = 0,
-        progress: bool = False,
-        batch_samples: bool = False,
-        sample_modules: str = "all",
+        self, model: nn.Module, scorer: Scorer, examples: Sequence[Example], config: PredictConfig
     ) -> torch.Tensor:
-        """One deterministic pass per member: ``[K, N, C]``; ``n_samples`` is ignored."""
-        reject_subset(self.name, sample_modules)
-        from scalabl.predict import predict_log_proba
-
+        """One deterministic pass per member: ``[K, N, C]``."""
+        reject_subset(self.name, config.sample_modules)
+        one_pass = replace(config, n_samples=0)
         samples = []
         try:
             for name in self.members:
                 model.set_adapter(name)
-                samples.append(
-                    predict_log_proba(
-                        model,
-                        scorer,
-                        examples,
-                        n_samples=0,
-                        batch_size=batch_size,
-                        seed=seed,
-                        progress=progress,
-                    )
-                )
+                samples.append(predict_samples(model, scorer, examples, one_pass)[0])
         finally:
             model.set_adapter(self.members[0])
         return torch.stack(samples)
 
-    def sample_counts(self, requested: Sequence[int]) -> tuple[int, ...]:
-        return (self.config.ensemble_size,)
+    def samples_for(self, requested: int) -> int:
+        return self.config.ensemble_size
 
     def adapter_state(self, model: PeftModel) -> dict[str, torch.Tensor]:
         full = model.state_dict()

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scalabl.methods.base import BayesianModule
+from scalabl.bayesian import BayesianModule
+from scalabl.choices import NoiseMode
 
 
 class FlipoutGaussianA(BayesianModule):
@@ -34,7 +35,7 @@ class FlipoutGaussianA(BayesianModule):
     def __init__(self, mean: torch.Tensor, *, noise: str = "sequence") -> None:
         super().__init__()
         self.weight = nn.Parameter(mean)
-        self.noise_mode = noise
+        self.noise_mode = NoiseMode.parse(noise, "noise")
         self.sampling = True
         self._eps: torch.Tensor | None = None
         self._sign_in: torch.Tensor | None = None
@@ -57,7 +58,7 @@ class FlipoutGaussianA(BayesianModule):
         device = generator.device if generator is not None else self.weight.device
         eps = torch.randn(self.rank, self.in_features, generator=generator, device=device)
         self._eps = eps.to(self.weight.device)
-        if self.noise_mode == "shared":
+        if self.noise_mode == NoiseMode.SHARED:
             self._sign_in = self._sign_out = None
             return
         signs = torch.randint(
@@ -101,4 +102,4 @@ class FlipoutGaussianA(BayesianModule):
         return h + F.linear(x * s_in, delta) * s_out
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, rank={self.rank}, noise={self.noise_mode!r}"
+        return f"in_features={self.in_features}, rank={self.rank}, noise='{self.noise_mode}'"

@@ -31,11 +31,11 @@ chance (ACC 0.25, NLL 7.8 with S = 5, against the MAP's 0.62 / 1.84), the known 
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from dataclasses import replace
+from typing import Any
 
 import torch
 from peft import PeftModel
@@ -43,11 +43,13 @@ from torch import nn
 from torch.nn.utils import vector_to_parameters
 from torch.utils.data import DataLoader, TensorDataset
 
-from scalabl.methods.base import Method, lora_layers, reject_subset
-
-if TYPE_CHECKING:
-    from scalabl.data import Example
-    from scalabl.scoring import Scorer
+from scalabl.bayesian import layer_index, lora_layers
+from scalabl.choices import LaplaceHessian, LaplacePredictive, LaplaceSubset
+from scalabl.config import MethodConfig, PredictConfig
+from scalabl.examples import Example
+from scalabl.methods.base import Method, reject_subset
+from scalabl.predict import predict_samples
+from scalabl.scoring import Scorer
 
 ABSENT_LOGIT = -1e4  # stands for -inf: exp underflows to exactly 0 in float32, its gradients are finite
 PREFIX = "laplace."
@@ -92,7 +94,7 @@ class LaplaceLoRA(Method):
     reference = "Yang et al., ICLR 2024, arXiv:2308.13111; laplace-torch (Daxberger et al., NeurIPS 2021)"
     bayesian = True
 
-    def __init__(self, config) -> None:
+    def __init__(self, config: MethodConfig) -> None:
         super().__init__(config)
         self.la = None  # the fitted laplace-torch object
         self.classifier: ExampleClassifier | None = None
@@ -101,10 +103,10 @@ class LaplaceLoRA(Method):
     def posterior_parameters(self, model: nn.Module) -> list[tuple[str, nn.Parameter]]:
         """The LoRA weights the posterior covers, in model order."""
         named = [(n, p) for n, p in model.named_parameters() if "lora_" in n]
-        if self.config.laplace_subset == "all":
+        if self.config.laplace_subset == LaplaceSubset.ALL:
             return named
         layers = [name for name, _ in lora_layers(model)]
-        index = [int(m.group(1)) if (m := re.search(r"\.layers\.(\d+)\.", n)) else -1 for n in layers]
+        index = [-1 if (i := layer_index(n)) is None else i for n in layers]
         last = max(index)
         keep = {n for n, i in zip(layers, index, strict=True) if i == last} if last >= 0 else {layers[-1]}
         return [(n, p) for n, p in named if any(n.startswith(k + ".") for k in keep)]
@@ -132,7 +134,7 @@ class LaplaceLoRA(Method):
             self.classifier,
             "classification",
             subset_of_weights="all",
-            hessian_structure=self.config.laplace_hessian,
+            hessian_structure=self.config.laplace_hessian.value,
             prior_precision=1.0 / self.prior_std**2,
         )
 
@@ -190,43 +192,29 @@ class LaplaceLoRA(Method):
 
     # ---- predict -----------------------------------------------------------------------------------
     def predict_samples(
-        self,
-        model: nn.Module,
-        scorer: Scorer,
-        examples: Sequence[Example],
-        *,
-        n_samples: int,
-        batch_size: int = 8,
-        seed: int = 0,
-        progress: bool = False,
-        batch_samples: bool = False,
-        sample_modules: str = "all",
+        self, model: nn.Module, scorer: Scorer, examples: Sequence[Example], config: PredictConfig
     ) -> torch.Tensor:
-        reject_subset(self.name, sample_modules)
-        from scalabl.predict import predict_log_proba
-
-        def deterministic() -> torch.Tensor:
-            return predict_log_proba(model, scorer, examples, n_samples=0, batch_size=batch_size)
-
-        if n_samples == 0:
-            return deterministic()[None]
+        reject_subset(self.name, config.sample_modules)
+        one_pass = replace(config, n_samples=0)
+        if config.n_samples == 0:
+            return predict_samples(model, scorer, examples, one_pass)
         if self.la is None:
             raise ValueError("laplace: no posterior fitted yet; call calibrate() after training")
         was_training = model.training
         model.eval()
         try:
             with self._only_posterior_trainable(model) as params:
-                if self.config.laplace_predictive == "glm":
+                if self.config.laplace_predictive == LaplacePredictive.GLM:
                     self.classifier.model, self.classifier.scorer = model, scorer
                     return self._glm(examples)[None]
-                generator = torch.Generator(device=self.la._device).manual_seed(seed)
-                thetas = self.la.sample(n_samples, generator=generator)
+                generator = torch.Generator(device=self.la._device).manual_seed(config.seed)
+                thetas = self.la.sample(config.n_samples, generator=generator)
                 out = []
                 try:
                     for theta in thetas:
                         with torch.no_grad():
                             vector_to_parameters(theta, params)
-                        out.append(deterministic())
+                        out.append(predict_samples(model, scorer, examples, one_pass)[0])
                 finally:
                     with torch.no_grad():
                         vector_to_parameters(self.la.mean, params)  # back to the MAP, always
@@ -279,7 +267,7 @@ class LaplaceLoRA(Method):
             return  # saved before calibrate(): the MAP only
         if "mean" not in ours:
             raise ValueError(f"{source}: the Laplace posterior is incomplete (no {PREFIX}mean)")
-        if self.config.laplace_hessian == "diag":
+        if self.config.laplace_hessian == LaplaceHessian.DIAG:
             hessian: Any = ours["H"]
         else:
             blocks: dict[int, dict[int, torch.Tensor]] = {}

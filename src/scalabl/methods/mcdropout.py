@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from peft import LoraConfig, PeftModel
 from torch import nn
 
-from scalabl.methods.base import BayesianModule, Method, replace_lora_a
+from scalabl.bayesian import BayesianModule, replace_lora_a
+from scalabl.methods.base import Method
 
 
 class DropoutA(nn.Linear, BayesianModule):

@@ -18,8 +18,10 @@ import torch.nn.functional as F
 from peft import PeftModel
 from torch import nn
 
+from scalabl.bayesian import BayesianModule, replace_lora_a
+from scalabl.choices import KLDirection, NoiseMode
 from scalabl.distributed import full
-from scalabl.methods.base import BayesianModule, Method, MethodConfig, replace_lora_a
+from scalabl.methods.base import Method
 
 
 def gaussian_kl(
@@ -36,12 +38,11 @@ def gaussian_kl(
     mu = mu.float()
     sigma = sigma.float()
     var_p = prior_std**2
-    if direction == "correct":
+    direction = KLDirection.parse(direction, "kl_direction")
+    if direction == KLDirection.CORRECT:
         kl = torch.log(prior_std / sigma) + (sigma**2 + mu**2) / (2 * var_p) - 0.5
-    elif direction == "reference":
-        kl = torch.log(sigma / prior_std) + (var_p + mu**2) / (2 * sigma**2) - 0.5
     else:
-        raise ValueError(f"kl_direction: {direction!r} not in ('correct', 'reference')")
+        kl = torch.log(sigma / prior_std) + (var_p + mu**2) / (2 * sigma**2) - 0.5
     return kl.sum()
 
 
@@ -66,8 +67,8 @@ class SubspaceA(BayesianModule):
         self.log_mu = nn.Parameter(log_mu)
         self.log_sigma = nn.Parameter(log_sigma)
         self.prior_std = prior_std
-        self.kl_direction = kl_direction
-        self.noise_mode = noise
+        self.kl_direction = KLDirection.parse(kl_direction, "kl_direction")
+        self.noise_mode = NoiseMode.parse(noise, "noise")
         self.sampling = True
         self._xi: torch.Tensor | None = None
 
@@ -107,7 +108,7 @@ class SubspaceA(BayesianModule):
         return gaussian_kl(self.mu, self.sigma, self.prior_std, self.kl_direction)
 
     def draw_noise(self, n_rows: int, generator: torch.Generator | None = None) -> None:
-        rows = 1 if self.noise_mode == "shared" else n_rows
+        rows = 1 if self.noise_mode == NoiseMode.SHARED else n_rows
         # Draw where the generator lives (a CPU generator drives a GPU model reproducibly).
         device = generator.device if generator is not None else self.log_mu.device
         xi = torch.randn(rows, self.rank, generator=generator, device=device, dtype=torch.float32)
@@ -119,6 +120,16 @@ class SubspaceA(BayesianModule):
 
     def clear_noise(self) -> None:
         self._xi = None
+
+    @property
+    def stackable(self) -> bool:
+        return self.noise_mode == NoiseMode.SEQUENCE
+
+    def noise_rows(self) -> torch.Tensor:
+        return self._xi
+
+    def set_noise_rows(self, rows: torch.Tensor) -> None:
+        self._xi = rows
 
     def extra_parameters(self) -> int:
         return self.log_mu.numel() + self.log_sigma.numel()
@@ -153,7 +164,7 @@ class SubspaceA(BayesianModule):
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, rank={self.rank}, prior_std={self.prior_std}, "
-            f"kl_direction={self.kl_direction!r}, noise={self.noise_mode!r}"
+            f"kl_direction='{self.kl_direction}', noise='{self.noise_mode}'"
         )
 
 
@@ -182,4 +193,4 @@ class ScalaBL(Method):
         )
 
 
-__all__ = ["MethodConfig", "ScalaBL", "SubspaceA", "gaussian_kl"]
+__all__ = ["ScalaBL", "SubspaceA", "gaussian_kl"]

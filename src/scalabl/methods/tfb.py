@@ -18,18 +18,19 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from peft import PeftModel
 from torch import nn
 
-from scalabl.methods.base import Method, lora_layers, replace_lora_a
+from scalabl.bayesian import lora_layers, replace_lora_a
+from scalabl.config import PredictConfig
+from scalabl.examples import Example
+from scalabl.methods.base import Method
 from scalabl.methods.flipout import FlipoutGaussianA
-
-if TYPE_CHECKING:
-    from scalabl.data import Example
-    from scalabl.scoring import Scorer
+from scalabl.predict import bayesian_model_average, predict_samples
+from scalabl.scoring import Scorer
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +123,6 @@ class TFB(Method):
         progress: bool = False,
     ) -> dict[str, Any]:
         """Rotate, then search ``beta`` on ``validation`` (see the module docstring)."""
-        from scalabl.predict import predict_log_proba
-
         if len(validation) == 0:
             raise ValueError("tfb: the beta search needs a non-empty validation split")
         c = self.config
@@ -132,9 +131,8 @@ class TFB(Method):
 
         def val_nll(beta: float) -> float:
             self.set_beta(model, beta)
-            lp = predict_log_proba(
-                model, scorer, validation, n_samples=0 if beta == 0 else c.tfb_samples, seed=seed
-            )
+            config = PredictConfig(n_samples=0 if beta == 0 else c.tfb_samples, seed=seed)
+            lp = bayesian_model_average(predict_samples(model, scorer, validation, config))
             return -lp.gather(1, labels[:, None]).mean().item()
 
         base = val_nll(0.0)

@@ -1,0 +1,93 @@
+"""The adapter and posterior settings of a method (``MethodConfig``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from scalabl.choices import (
+    KLDirection,
+    LaplaceHessian,
+    LaplacePredictive,
+    LaplaceSubset,
+    MethodName,
+    NoiseMode,
+)
+from scalabl.config.fields import check_fields, coerce_choices, option, positive_ints, to_dict
+
+METHOD_DEFAULT = "the method's own"
+
+
+@dataclass
+class MethodConfig:
+    """Adapter and posterior settings. Fields a method does not use are ignored by it.
+
+    ``dropout``, ``prior_std`` and ``sigma_init`` left at ``None`` take the method's own default
+    (see :attr:`scalabl.methods.base.Method.default_dropout` and its siblings, and docs/methods.md).
+    """
+
+    method: MethodName = option(MethodName.SCALABL, "method (scalabl methods lists them)")
+    rank: int = option(8, "LoRA rank r")
+    alpha: float = option(16.0, "LoRA alpha (the adapter is scaled by alpha / r)")
+    dropout: float | None = option(None, "LoRA dropout (mcdropout 0.1, the others 0)", shown=METHOD_DEFAULT)
+    target_modules: tuple[str, ...] = option(
+        ("q_proj", "v_proj"), "comma-separated modules that get an adapter", flag="--targets"
+    )
+    sigma_init: float | None = option(
+        None,
+        "scalabl/blob: initial posterior std scale eps, sigma_0 ~ U(eps/sqrt 2, eps) (blob: rho_0)",
+        shown=METHOD_DEFAULT,
+    )
+    prior_std: float | None = option(
+        None, "scalabl/blob/map: std of the N(0, prior_std^2) prior", shown=METHOD_DEFAULT
+    )
+    kl_direction: KLDirection = option(
+        KLDirection.CORRECT, "correct = KL(q||p); reference = KL(p||q), as the paper's code computes it"
+    )
+    noise: NoiseMode = option(
+        NoiseMode.SEQUENCE, "sequence = one noise draw per sequence; shared = one per forward"
+    )
+    ensemble_size: int = option(3, "ensemble: number of members K")
+    tfb_tolerance: float = option(0.01, "tfb: largest allowed rise of the validation NLL (nats)")
+    tfb_samples: int = option(4, "tfb: posterior samples per validation NLL")
+    tfb_search_steps: int = option(8, "tfb: bisection steps of the beta search")
+    laplace_subset: LaplaceSubset = option(
+        LaplaceSubset.ALL, "laplace: all LoRA weights or the adapters of the last layer"
+    )
+    laplace_hessian: LaplaceHessian = option(LaplaceHessian.KRON, "laplace: Hessian structure")
+    laplace_predictive: LaplacePredictive = option(
+        LaplacePredictive.GLM, "laplace: linearised (glm) or sampled (mc) predictive"
+    )
+    laplace_max_train: int = option(256, "laplace: training examples the Hessian is estimated on")
+    temperature: bool = option(False, "fit a temperature on the validation split after training (any method)")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.method, str) and self.method not in MethodName.values():
+            raise ValueError(
+                f"method: unknown method {self.method!r}; allowed: {', '.join(MethodName.values())}"
+            )
+        coerce_choices(self)
+        self.target_modules = tuple(self.target_modules)
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
+            raise ValueError(f"rank: must be a positive integer, got {self.rank!r}")
+        if self.alpha <= 0:
+            raise ValueError(f"alpha: must be > 0, got {self.alpha!r}")
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout: must be in [0, 1), got {self.dropout!r}")
+        if not self.target_modules:
+            raise ValueError("target_modules: at least one module name is required")
+        for name in ("sigma_init", "prior_std"):
+            v = getattr(self, name)
+            if v is not None and v <= 0:
+                raise ValueError(f"{name}: must be > 0, got {v!r}")
+        positive_ints(self, "ensemble_size", "tfb_samples", "tfb_search_steps", "laplace_max_train")
+        if self.tfb_tolerance < 0:
+            raise ValueError(f"tfb_tolerance: must be >= 0, got {self.tfb_tolerance!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MethodConfig:
+        check_fields(cls, d, "method config")
+        return cls(**d)

