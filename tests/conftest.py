@@ -13,7 +13,14 @@ from scalabl.examples import Example
 from scalabl.predict import bayesian_model_average, predict_samples
 from scalabl.testing import QUANT_HIDDEN, make_byte_tokenizer, make_tiny_llama, save_tiny_model
 
-__all__ = ["QUANT_HIDDEN", "make_byte_tokenizer", "make_tiny_llama", "predicted", "save_tiny_model", "toy_examples"]
+__all__ = [
+    "QUANT_HIDDEN",
+    "make_byte_tokenizer",
+    "make_tiny_llama",
+    "predicted",
+    "save_tiny_model",
+    "toy_examples",
+]
 
 
 def toy_examples(n: int = 24, seed: int = 0, *, varied: bool = False) -> list[Example]:

@@ -13,16 +13,17 @@ from conftest import save_tiny_model
 
 from scalabl.bench import (
     BenchConfig,
+    cell_digest,
     collect,
-    paired_markdown,
-    paired_rows,
     run_bench,
     table_rows,
     to_csv,
     to_latex,
     to_markdown,
+    write_tables,
 )
 from scalabl.cli import main
+from scalabl.config import RunConfig
 
 # the folder of that cell as computed before quant, device, gradient_checkpointing and
 # sample_modules were run options (commit 7cb702d)
@@ -275,57 +276,33 @@ def test_shared_processes_skip_groups_claimed_by_a_live_process(bench, tmp_path)
         run_bench(shared, progress=False, shard=(0, 2), share=True)
 
 
-def _metrics(acc: float, ece: float, ood_ece: float | None = None) -> dict:
-    out = {"eval": {"S=4": {"acc": acc, "ece": ece, "n_samples": 4}}}
-    if ood_ece is not None:
-        out["ood"] = {"arc_c": {"S=4": {"ece": ood_ece, "auroc_max_prob": 1.0 - ood_ece, "n_samples": 4}}}
-    return out
-
-
-def test_paired_tables_difference_each_seed_against_the_reference():
-    config = BenchConfig(
-        tasks=["arc_easy", "obqa"],
-        seeds=[0, 1, 2],
-        methods={"mle": {}, "scalabl": {}},
-        ood={"obqa": ["arc_c"]},
-        reference="mle",
-    )
-    results = {
-        "mle": {
-            "arc_easy": {0: _metrics(0.50, 0.30), 1: _metrics(0.60, 0.20), 2: _metrics(0.70, 0.10)},
-            "obqa": {0: _metrics(0.40, 0.40, 0.50)},
-        },
-        "scalabl": {
-            "arc_easy": {0: _metrics(0.55, 0.20), 1: _metrics(0.60, 0.25), 2: _metrics(0.60, 0.05)},
-            "obqa": {0: _metrics(0.40, 0.40, 0.45), 1: _metrics(0.9, 0.9, 0.9)},  # seed 1: no mle pair
-        },
-    }
-    columns, rows = paired_rows(config, results, "ece", "mle")
-    assert columns == ["arc_easy", "obqa", "obqa→arc_c"] and [r[0] for r in rows] == ["scalabl"]
-    mean, std, n, wins = rows[0][1]
-    diffs = [-10.0, 5.0, -5.0]  # ECE in percent, scalabl minus mle per seed
-    assert mean == pytest.approx(sum(diffs) / 3)
-    assert std == pytest.approx(math.sqrt(sum((d - sum(diffs) / 3) ** 2 for d in diffs) / 2))
-    assert (n, wins) == (3, 2)  # lower ECE is better: seeds 0 and 2
-    assert rows[0][2] == pytest.approx((0.0, 0.0, 1, 0))  # a tie is not a win; unpaired seed 1 left out
-    assert rows[0][3] == pytest.approx((-5.0, 0.0, 1, 1))
-    _, acc_rows = paired_rows(config, results, "acc", "mle")
-    assert acc_rows[0][1][3] == 1  # higher ACC is better: seed 0 only
-    for seed_metrics in (*results["mle"]["arc_easy"].values(), *results["scalabl"]["arc_easy"].values()):
-        seed_metrics["eval"]["S=4"]["acc_cov50"] = seed_metrics["eval"]["S=4"]["acc"]
-    _, cov_rows = paired_rows(config, results, "acc_cov50", "mle")
-    assert cov_rows[0][1][3] == 1  # selective accuracy: higher is better too
-    auroc_columns, auroc_rows = paired_rows(config, results, "auroc_max_prob", "mle")
-    assert auroc_columns == ["obqa→arc_c"]  # an OOD AUROC has only shifted columns
-    assert auroc_rows[0][1] == pytest.approx((0.05, 0.0, 1, 1))  # higher AUROC is better
-    text = paired_markdown("ece", columns, rows)
-    assert "| scalabl | -3.3 ± 7.6 (2/3) | +0.0 (0/1) | -5.0 (1/1) |" in text
-    with pytest.raises(ValueError, match="reference"):
-        BenchConfig(tasks=["arc_easy"], methods={"mle": {}}, reference="scalabl")
-
-
 def test_summary_has_the_paired_tables(bench):
     _, config = bench
     summary = (Path(config.out) / "summary.md").read_text()
     assert "## Against mle, paired by seed" in summary and "### ECE (%)" in summary
     assert (Path(config.out) / "tables" / "ece_vs_mle.md").is_file()
+
+
+ROOT = Path(__file__).resolve().parents[1]
+ARCHIVED = sorted((ROOT / "benchmarks" / "results").glob("**/cells/*/*/seed*-*/config.json"))
+
+
+def test_every_archived_cell_keeps_its_hash():
+    """The folder of every committed cell is the hash of its own config.json: nothing is orphaned."""
+    assert len(ARCHIVED) >= 300
+    for path in ARCHIVED:
+        raw = json.loads(path.read_text())
+        raw.pop("scalabl_version", None)
+        assert path.parent.name.endswith("-" + cell_digest(RunConfig.from_dict(raw))), path
+
+
+@pytest.mark.parametrize("grid", ["suite", "suite_length_norm"])
+def test_tables_only_regenerates_the_committed_tables_byte_for_byte(grid, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)  # the configs name their folders relative to the repository
+    config = BenchConfig.from_file(ROOT / "benchmarks" / "suite" / f"{grid}.json")
+    write_tables(config, collect(config), plots=False, into=tmp_path)
+    committed = ROOT / "benchmarks" / "results" / grid
+    written = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    assert len(written) > 40
+    for name in written:
+        assert (tmp_path / name).read_bytes() == (committed / name).read_bytes(), name

@@ -25,7 +25,9 @@ def test_parse_names_the_field_and_the_allowed_values():
 
 
 def test_dtype_aliases():
-    assert DType("bf16") is DType.BFLOAT16 and DType("FP32") is DType.FLOAT32 and DType("fp16") is DType.FLOAT16
+    assert (
+        DType("bf16") is DType.BFLOAT16 and DType("FP32") is DType.FLOAT32 and DType("fp16") is DType.FLOAT16
+    )
     with pytest.raises(ValueError, match="dtype"):
         DType.parse("int8", "dtype")
 

@@ -146,7 +146,16 @@ def test_train_prints_the_table(model_dir, tmp_path, capsys):
 # ---- --help --------------------------------------------------------------------------------------
 HELP_OPTIONS = {
     "train": [flag_name(f) for cls in (RunConfig, MethodConfig, TrainConfig) for f in options(cls)]
-    + ["--targets", "--length-norm", "--n-samples", "--config", "--out", "--overwrite", "--resume", "--quiet"],
+    + [
+        "--targets",
+        "--length-norm",
+        "--n-samples",
+        "--config",
+        "--out",
+        "--overwrite",
+        "--resume",
+        "--quiet",
+    ],
     "evaluate": ["run_dir", "--n-samples", "--max-test", "--quiet"],
     "demo": ["--out", "--quick", "--quiet"],
 }
@@ -416,3 +425,75 @@ def test_train_with_the_memory_options(tmp_path):
     assert run([*train_argv(model_dir, tmp_path / "bad", "mle"), "--device", "cuda:0"]) == (
         0 if __import__("torch").cuda.is_available() else 2
     )
+
+
+# ---- write rules: a command never replaces what it did not write -----------------------------------
+def test_train_refuses_a_folder_that_holds_a_run_and_overwrite_keeps_other_files(model_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run(train_argv(model_dir, out, "scalabl")) == 0
+    adapter = (out / "adapter.safetensors").read_bytes()
+    assert run(train_argv(model_dir, out, "mle")) == 2
+    err = capsys.readouterr().err
+    assert str(out) in err and "--overwrite" in err and "adapter.safetensors" in err
+    assert (out / "adapter.safetensors").read_bytes() == adapter  # untouched
+    assert json.loads((out / "config.json").read_text())["method"]["method"] == "scalabl"
+
+    (out / "notes.txt").write_text("my notes")
+    assert run([*train_argv(model_dir, out, "mle"), "--overwrite"]) == 0
+    assert (out / "notes.txt").read_text() == "my notes"  # not the run's: kept
+    assert json.loads((out / "metrics.json").read_text())["method"] == "mle"
+    assert not (out / "posterior_modules.png").exists()  # the scalabl run's plot, stale for mle: gone
+    assert set(RUN_FILES) <= {p.name for p in out.iterdir()}
+
+
+def test_train_into_a_folder_with_a_stray_file_is_refused(model_dir, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("x")
+    monkeypatch.setattr("scalabl.runs.load_model", lambda *a, **k: pytest.fail("loaded a model"))
+    assert run(train_argv(model_dir, out)) == 2
+    assert "notes.txt" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+def test_resume_refuses_overwrite(model_dir, tmp_path, capsys):
+    assert run(["train", "--resume", str(tmp_path), "--overwrite"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_export_refuses_a_used_folder_and_its_own_run(cli_run, tmp_path, capsys):
+    run_dir = cli_run["out"]
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    assert run(["export", str(run_dir), str(run_dir)]) == 2
+    assert "run folder itself" in capsys.readouterr().err
+    other = tmp_path / "other-run"
+    other.mkdir()
+    (other / "adapter.safetensors").write_bytes(b"someone's adapter")
+    assert run(["export", str(run_dir), str(other)]) == 2
+    err = capsys.readouterr().err
+    assert str(other) in err and "--overwrite" in err
+    assert (other / "adapter.safetensors").read_bytes() == b"someone's adapter"
+    assert run(["export", str(run_dir), str(other), "--overwrite"]) == 0
+    assert (other / "adapter.safetensors").read_bytes() == b"someone's adapter"  # not an export file: kept
+    assert (other / "adapter_model.safetensors").is_file() and (other / "adapter_config.json").is_file()
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
+
+
+def test_demo_refuses_a_used_folder_before_any_work(tmp_path, capsys, monkeypatch):
+    (tmp_path / "report.md").write_text("an earlier demo")
+    monkeypatch.setattr("scalabl.demo.train_run", lambda *a, **k: pytest.fail("trained"))
+    assert run(["demo", "--quick", "--quiet", "--out", str(tmp_path)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (tmp_path / "report.md").read_text() == "an earlier demo"
+
+
+def test_bench_refuses_an_out_folder_holding_other_files(tmp_path, capsys):
+    out = tmp_path / "bench-out"
+    out.mkdir()
+    (out / "thesis.tex").write_text("x")
+    config = tmp_path / "bench.json"
+    config.write_text(json.dumps({"tasks": ["arc_easy"], "methods": {"mle": {}}, "out": str(out)}))
+    for extra in ([], ["--tables-only"]):
+        assert run(["bench", str(config), "--quiet", *extra]) == 2
+        assert "thesis.tex" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["thesis.tex"]

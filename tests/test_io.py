@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from scalabl.io import atomic_dir, atomic_path, claim, write_json, write_text
+from scalabl.io import FolderInUse, atomic_dir, atomic_path, claim, output_folder, write_json, write_text
 
 
 class Boom(Exception):
@@ -87,3 +87,65 @@ def test_a_stale_claim_of_this_host_is_taken_over_and_another_hosts_is_respected
     half.write_text("")  # its owner is still writing it
     with claim(half) as ours:
         assert not ours
+
+
+# ---- output folders: nothing a command did not write is lost ----------------------------------------
+OWN = ("result.json", "plots", "*.png")
+
+
+def test_a_new_or_empty_folder_is_written(tmp_path):
+    with output_folder(tmp_path / "new", OWN) as out:
+        write_text(out / "result.json", "{}")
+    (tmp_path / "empty").mkdir()
+    with output_folder(tmp_path / "empty", OWN):
+        pass
+
+
+@pytest.mark.parametrize("existing", ["result.json", "notes.txt"])
+def test_a_folder_holding_anything_is_refused_and_left_alone(tmp_path, existing):
+    (tmp_path / existing).write_text("keep me")
+    refused = pytest.raises(
+        FolderInUse, match=rf"{tmp_path}: the folder already holds {existing}.*--overwrite"
+    )
+    with refused, output_folder(tmp_path, OWN, command="scalabl x"):
+        pytest.fail("the block must not run")
+    assert (tmp_path / existing).read_text() == "keep me"
+
+
+def test_overwrite_replaces_own_files_keeps_others_and_drops_stale_own_entries(tmp_path):
+    write_text(tmp_path / "result.json", "old")
+    write_text(tmp_path / "a.png", "old plot")  # not written again: stale
+    write_text(tmp_path / "plots" / "p1.png", "old")  # an own folder rewritten in part: kept
+    write_text(tmp_path / "notes.txt", "mine")  # not the command's: kept
+    with output_folder(tmp_path, OWN, overwrite=True) as out:
+        write_text(out / "result.json", "new")
+        write_text(out / "plots" / "p2.png", "new")
+    assert (tmp_path / "result.json").read_text() == "new"
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    assert not (tmp_path / "a.png").exists()
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["p1.png", "p2.png"]
+
+
+def test_a_failed_block_removes_nothing(tmp_path):
+    write_text(tmp_path / "a.png", "old plot")
+    with pytest.raises(Boom), output_folder(tmp_path, OWN, overwrite=True):
+        raise Boom
+    assert (tmp_path / "a.png").read_text() == "old plot"
+
+
+def test_a_continued_folder_accepts_its_own_entries_only(tmp_path):
+    write_text(tmp_path / "result.json", "earlier")
+    with output_folder(tmp_path, OWN, continues=True):
+        pass
+    assert (tmp_path / "result.json").read_text() == "earlier"  # continued, not pruned
+    write_text(tmp_path / "notes.txt", "x")
+    with pytest.raises(FolderInUse, match="notes.txt"), output_folder(tmp_path, OWN, continues=True):
+        pass
+
+
+def test_a_file_or_an_unwritable_place_is_named(tmp_path):
+    write_text(tmp_path / "f", "x")
+    with pytest.raises(FolderInUse, match="is a file"), output_folder(tmp_path / "f", OWN):
+        pass
+    with pytest.raises(OSError, match="is not writable"), output_folder(tmp_path / "f" / "sub", OWN):
+        pass

@@ -179,7 +179,7 @@ def test_a_pickled_model_file_is_refused(tmp_path):
     folder = save_tiny(tmp_path / "tiny")
     (folder / "model.safetensors").unlink()
     with open(folder / "pytorch_model.bin", "wb") as f:
-        pickle.dump({"model.embed_tokens.weight": Exploit()}, f)
+        pickle.dump({"model.embed_tokens.weight": Exploit()}, f, protocol=2)  # torch.load's own protocol
     with pytest.raises(ValueError, match=r"refused by the safe loader \(torch.load weights_only=True\)"):
         load_model(folder)
 

@@ -1,119 +1,48 @@
-"""Report outputs: markdown tables and PNG plots written atomically."""
+"""A run's report: report.md with its tables and plots, from the run folder alone."""
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
+import json
+
 import torch
 
-from scalabl.plots import plot_reliability, plot_training_curves
-from scalabl.tables import markdown_table
-
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+from scalabl.report import posterior_summary, write_run_report
+from scalabl.run_folder import RunFolder
 
 
-def assert_png(path):
-    assert path.is_file()
-    assert path.read_bytes()[:8] == PNG_MAGIC
-    # atomic_path must have renamed its temp file away.
-    assert not list(path.parent.glob(".*.tmp"))
-
-
-def test_markdown_table_shape_and_formatting():
-    rows = [
-        {"method": "lora", "acc": 0.812345, "ece": 0.123456, "n": 100},
-        {"method": "scalabl", "acc": np.float32(0.5), "ece": 0.05, "n": 7, "extra": "ignored"},
-    ]
-    text = markdown_table(
-        rows, ["method", "acc", "ece", "n"], headers={"ece": "ECE"}, floatfmt={"acc": "{:.1%}"}
-    )
-    lines = text.splitlines()
-    assert len(lines) == 2 + len(rows)  # header, separator, one line per row
-    assert all(line.startswith("|") and line.endswith("|") and line.count("|") == 5 for line in lines)
-    assert lines[0] == "| method | acc | ECE | n |"
-    assert set(lines[1].replace("|", "").split()) == {"---"}
-    assert lines[2] == "| lora | 81.2% | 0.1235 | 100 |"  # default float format is {:.4f}
-    assert lines[3] == "| scalabl | 50.0% | 0.0500 | 7 |"
-    assert text.endswith("\n")
-
-
-def test_markdown_table_missing_values_and_pipes():
-    text = markdown_table([{"a": "x|y", "b": None}, {"a": True}], ["a", "b"])
-    lines = text.splitlines()
-    assert lines[2] == "| x\\|y |  |"
-    assert lines[3] == "| True |  |"  # bools are not formatted as floats
-
-
-def test_markdown_table_no_rows():
-    assert markdown_table([], ["a"]).splitlines() == ["| a |", "| --- |"]
-
-
-def _curve(seed: int, sharpen: float):
-    g = torch.Generator().manual_seed(seed)
-    probs = torch.softmax(sharpen * torch.randn(300, 4, generator=g, dtype=torch.float64), dim=1)
-    return probs, torch.randint(0, 4, (300,), generator=g)
-
-
-def test_plot_reliability_writes_png(tmp_path):
-    path = tmp_path / "sub" / "reliability.png"
-    plot_reliability({"lora": _curve(0, 3.0), "scalabl": _curve(1, 1.0)}, path, n_bins=10, title="test")
-    assert_png(path)
-
-
-def test_plot_reliability_single_model_with_empty_bins(tmp_path):
-    path = tmp_path / "one.png"
-    plot_reliability({"onehot": (torch.eye(3, dtype=torch.float64), torch.tensor([0, 1, 2]))}, path)
-    assert_png(path)
-
-
-def test_plot_reliability_rejects_empty(tmp_path):
-    with pytest.raises(ValueError):
-        plot_reliability({}, tmp_path / "x.png")
-
-
-def test_plot_training_curves_writes_png(tmp_path):
-    histories = {
-        "a": [{"step": s, "loss": 1.0 / (s + 1), "kl": 0.1 * s} for s in range(10)],
-        # run b never logs "kl", and logs eval_loss only on some steps
-        "b": [
-            {"step": s, "loss": 2.0 / (s + 1)} | ({"eval_loss": 0.5} if s % 3 == 0 else {}) for s in range(10)
-        ],
+def test_the_report_is_written_from_the_folder(tmp_path):
+    folder = RunFolder(tmp_path)
+    entry = {"acc": 0.5, "ece": 0.1, "nll": 1.0, "brier": 0.6, "mi": 0.0, "seconds": 1.0}
+    selective = {"aurc": 0.3, "acc_cov50": 0.6, "acc_cov80": 0.55, "acc_cov90": 0.5}
+    metrics = {
+        "method": "scalabl",
+        "task": "arc_easy",
+        "model": "tiny",
+        "n_train": 8,
+        "n_test": 6,
+        "train_steps": 2,
+        "lora_parameters": 100,
+        "extra_parameters": 16,
+        "fitted": {"temperature": 1.5, "search": [1, 2]},
+        "eval": {
+            "S=2": {**entry, **selective, "n_samples": 2},
+            "S=0": {**entry, **selective, "n_samples": 0},
+        },
+        "ood": {},
     }
-    path = tmp_path / "curves.png"
-    plot_training_curves(histories, path, keys=("loss", "kl", "eval_loss", "absent"))
-    assert_png(path)
-
-
-def test_plot_training_curves_no_keys_found(tmp_path):
-    with pytest.raises(ValueError, match="none of the keys"):
-        plot_training_curves({"a": [{"step": 0, "loss": 1.0}]}, tmp_path / "x.png", keys=("acc",))
-    assert not (tmp_path / "x.png").exists()
-
-
-def test_module_label_reads_layer_and_kind():
-    from scalabl.plots import module_label
-
-    assert module_label("base_model.model.model.layers.12.self_attn.q_proj.lora_A.default") == (12, "q_proj")
-    assert module_label("base_model.model.transformer.h.3.attn.c_attn.lora_A.default") == (3, "c_attn")
-    assert module_label("base_model.model.lm_head.lora_A.default") == (None, "lm_head")
-
-
-def test_plot_posterior_modules_writes_png_and_needs_module_stats(tmp_path):
-    from scalabl.plots import plot_posterior_modules
-
-    names = [f"m.layers.{i}.self_attn.{k}.lora_A.default" for i in range(3) for k in ("q_proj", "v_proj")]
-    names.append("m.lm_head.lora_A.default")
-    history = [
-        {
-            "step": s,
-            "nll": 1.0,
-            "modules": {n: {"sigma": 0.05 * s, "mu": 0.5, "sigma_over_mu": 0.1 * s} for n in names},
-        }
-        for s in range(1, 5)
-    ]
-    path = tmp_path / "post.png"
-    plot_posterior_modules(history, path)
-    assert_png(path)
-    with pytest.raises(ValueError, match="per-module"):
-        plot_posterior_modules([{"step": 1, "nll": 1.0}], tmp_path / "none.png")
-    assert not (tmp_path / "none.png").exists()
+    folder.write_metrics(metrics)
+    lp = torch.log_softmax(torch.randn(6, 3, dtype=torch.float64), dim=-1)
+    folder.write_predictions(
+        {"labels": torch.tensor([0, 1, 2, 0, 1, 2]), "log_probs_S2": lp, "log_probs_S0": lp.clone()}
+    )
+    history = [{"step": 2, "nll": 1.0, "sigma": 0.4, "mu": 0.8, "sigma_over_mu": 0.5, "modules": {}}]
+    (tmp_path / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+    write_run_report(tmp_path)
+    report = (tmp_path / "report.md").read_text()
+    assert report.startswith("# scalabl on arc_easy")
+    assert "| scalabl | 2 | 0.500 | 10.0 |" in report and "| scalabl | 0 |" in report
+    assert "Fitted post hoc: temperature = 1.5." in report
+    assert posterior_summary(history) in report
+    for png in ("reliability.png", "selective.png", "training.png"):
+        assert (tmp_path / png).is_file()
+    assert posterior_summary([{"step": 1, "nll": 2.0}]) is None

@@ -11,74 +11,10 @@ from conftest import save_tiny_model
 from safetensors.torch import load_file
 
 from scalabl.config import RunConfig, TrainConfig
-from scalabl.evaluation import evaluate_model
 from scalabl.methods import MethodConfig
 from scalabl.run_folder import RUN_FILES
 from scalabl.runs import load_run, train_run
 from scalabl.tables import comparison_table
-
-
-# ---- RunConfig -----------------------------------------------------------------------------------
-def test_run_config_round_trip():
-    config = RunConfig(
-        model="some/folder",
-        task="arc_challenge",
-        max_train=10,
-        max_test=5,
-        n_samples=[4, 0],
-        method=MethodConfig(method="mle", rank=2, target_modules=["q_proj"]),
-        train=TrainConfig(steps=3, recipe="blob", variational_lr=1e-3),
-    )
-    assert config.n_samples == (4, 0)  # normalised to a tuple
-    d = config.to_dict()
-    assert RunConfig.from_dict(d) == config
-    # ... and through JSON, as config.json is written and read
-    assert RunConfig.from_dict(json.loads(json.dumps(d))) == config
-    assert d["method"]["rank"] == 2 and d["train"]["recipe"] == "blob"
-    assert RunConfig.from_dict(RunConfig().to_dict()) == RunConfig()
-
-
-def test_run_config_from_partial_dict_uses_defaults():
-    config = RunConfig.from_dict({"task": "arc_challenge", "train": {"steps": 5}})
-    assert config.task == "arc_challenge"
-    assert config.train == TrainConfig(steps=5)
-    assert config.method == MethodConfig()
-
-
-@pytest.mark.parametrize(
-    ("d", "name"),
-    [
-        ({"modle": "x"}, "modle"),
-        ({"method": {"rnk": 2}}, "rnk"),
-        ({"train": {"stepz": 2}}, "stepz"),
-    ],
-)
-def test_run_config_unknown_field_raises(d, name):
-    with pytest.raises(ValueError, match=name):
-        RunConfig.from_dict(d)
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "field"),
-    [
-        ({"n_samples": (3, -1)}, "n_samples"),
-        ({"n_samples": ()}, "n_samples"),
-        ({"scoring": "nope"}, "scoring"),
-        ({"dtype": "int3"}, "dtype"),
-        ({"max_test": 0}, "max_test"),
-        ({"max_train": 0}, "max_train"),
-        ({"eval_batch_size": 0}, "eval_batch_size"),
-        (
-            {"task": "mmlu_nope"},
-            r"task: unknown task 'mmlu_nope'; allowed: arc_easy, .*boolq.*, or jsonl:PATH",
-        ),
-        ({"truncation": "right"}, "truncation"),
-        ({"max_validation": 0}, "max_validation"),
-    ],
-)
-def test_run_config_validation(kwargs, field):
-    with pytest.raises(ValueError, match=field):
-        RunConfig(**kwargs)
 
 
 # ---- a run, in Python ----------------------------------------------------------------------------
@@ -145,17 +81,6 @@ def test_load_run_reproduces_the_saved_predictions(run_dir):
             test, s, batch_size=config.eval_batch_size, seed=config.train.seed, batch_samples=True
         )
         torch.testing.assert_close(log_probs, preds[f"log_probs_S{s}"], rtol=0, atol=1e-12)
-
-
-def test_evaluate_model_rewrites_predictions(run_dir, tmp_path):
-    config, out, _ = run_dir
-    _, blora = load_run(out)
-    result = evaluate_model(
-        blora, RunConfig.from_dict({**config.to_dict(), "n_samples": [3]}), tmp_path, progress=False
-    )
-    assert set(result["eval"]) == {"S=3"}
-    assert result["eval"]["S=3"]["n_samples"] == 3
-    assert set(load_file(str(tmp_path / "predictions.safetensors"))) == {"labels", "log_probs_S3"}
 
 
 def test_comparison_table(run_dir):

@@ -9,7 +9,6 @@ import torch
 from conftest import make_byte_tokenizer, make_tiny_llama, predicted, toy_examples
 
 from scalabl.bayesian import bayesian_modules, lora_layers
-from scalabl.config.predict import parse_sample_modules
 from scalabl.methods import MethodConfig
 from scalabl.methods.scalabl import ScalaBL
 from scalabl.scoring import Scorer
@@ -36,13 +35,6 @@ SCORERS = {
     "continuation-full": lambda tok: Scorer(tok, reuse_prompt=False),
     "letter": lambda tok: Scorer(tok, "letter"),
 }
-
-
-def test_parse_sample_modules():
-    assert parse_sample_modules("all") is None and parse_sample_modules("lm_head") == 0 and parse_sample_modules("last:3") == 3
-    for bad in ("last:0", "last:x", "first:2", "head"):
-        with pytest.raises(ValueError, match="allowed: all, lm_head, last:K"):
-            parse_sample_modules(bad)
 
 
 def test_subset_selects_the_last_layers_and_the_head():
@@ -115,9 +107,7 @@ def test_a_subset_of_correlated_noise_is_refused():
 
     model = BLoB(MethodConfig(method="blob", rank=4)).wrap(make_tiny_llama(layers=N_LAYERS))
     with pytest.raises(ValueError, match="independent per-sequence noise"):
-        predicted(
-            model, Scorer(make_byte_tokenizer()), EXAMPLES, n_samples=2, sample_modules="last:1"
-        )
+        predicted(model, Scorer(make_byte_tokenizer()), EXAMPLES, n_samples=2, sample_modules="last:1")
 
 
 def _predict_four_letter_questions(model, tok, spec: str) -> None:

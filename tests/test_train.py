@@ -25,7 +25,8 @@ def wrap(method: str = "scalabl", seed: int = 0, **method_kw) -> BayesianLoRA:
 
 
 def adapter_state(blora: BayesianLoRA) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in get_peft_model_state_dict(blora.model).items()}
+    state = get_peft_model_state_dict(blora.model, state_dict=blora.model.state_dict())
+    return {k: v.detach().clone() for k, v in state.items()}
 
 
 def log_sigmas(blora: BayesianLoRA) -> torch.Tensor:
@@ -255,33 +256,6 @@ def test_variational_lr_sets_its_own_group():
 
 
 # ---- validation ----------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    ("kwargs", "field"),
-    [
-        ({"steps": 0}, "steps"),
-        ({"batch_size": 0}, "batch_size"),
-        ({"grad_accum": -1}, "grad_accum"),
-        ({"recipe": "nope"}, "recipe"),
-        ({"lr": -1e-3}, "lr"),
-        ({"lr": 0.0}, "lr"),
-        ({"kl_lr": -0.1}, "kl_lr"),
-        ({"variational_lr": -1.0}, "variational_lr"),
-        ({"warmup_ratio": 1.5}, "warmup_ratio"),
-        ({"kl_weight": -1.0}, "kl_weight"),
-    ],
-)
-def test_train_config_validation_names_the_field(kwargs, field):
-    with pytest.raises(ValueError, match=field):
-        TrainConfig(**kwargs)
-
-
-def test_train_config_dict_round_trip_and_unknown_field():
-    config = TrainConfig(steps=7, recipe="blob", variational_lr=1e-3)
-    assert TrainConfig.from_dict(config.to_dict()) == config
-    with pytest.raises(ValueError, match="stepz"):
-        TrainConfig.from_dict({"stepz": 3})
-
-
 def test_empty_training_set_raises():
     blora = wrap("mle")
     with pytest.raises(ValueError, match="empty"):

@@ -32,6 +32,7 @@ chance (ACC 0.25, NLL 7.8 with S = 5, against the MAP's 0.62 / 1.84), the known 
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
@@ -165,7 +166,11 @@ class LaplaceLoRA(Method):
             # The curvature was summed over the subset: rescale it to the N examples of the full loss.
             self._rescale(len(train) / len(examples))
             initial = float(self.la.prior_precision.mean())
-            self.la.optimize_prior_precision(method="marglik")
+            with warnings.catch_warnings():
+                # laplace-torch reminds classification users to predict with the link approximation they
+                # fit for; _glm always asks for probit, its default here.
+                warnings.filterwarnings("ignore", message="By default `link_approx` is `probit`")
+                self.la.optimize_prior_precision(method="marglik")
             log_marglik = float(self.la.log_marginal_likelihood().detach())
         model.train(was_training)
         return {
