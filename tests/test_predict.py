@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_llama, predicted
+from conftest import make_byte_tokenizer, make_tiny_llama, predicted
 
 from scalabl.bayesian import lora_layers
 from scalabl.examples import Example
-from scalabl.methods import MethodConfig
+from scalabl.methods import MethodConfig, get_method
 from scalabl.methods.scalabl import ScalaBL
 from scalabl.predict import bayesian_model_average
 from scalabl.scoring import Scorer
@@ -136,3 +136,23 @@ def test_samples_run_as_one_batch_match_the_loop(model, tokenizer):
                 m.log_sigma.fill_(-30.0)
     tight = predicted(model, scorer, EXAMPLES, n_samples=4, batch_samples=True)
     torch.testing.assert_close(tight, predicted(model, scorer, EXAMPLES, n_samples=0), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["blob", "tfb"])
+def test_flipout_samples_are_separate_draws_even_when_batched(method):
+    """Flipout's rows of one draw share a Gaussian: batching S copies would correlate the samples,
+    so batch_samples takes the S-draw loop for them (the same probabilities as without it)."""
+    model = get_method(MethodConfig(method=method, rank=2)).wrap(make_tiny_llama())
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+        for m in model.modules():
+            if hasattr(m, "beta"):
+                m.beta.fill_(0.5)
+    scorer = Scorer(make_byte_tokenizer())
+    kw = dict(n_samples=3, batch_size=2, seed=4, return_samples=True)
+    _, loop = predicted(model, scorer, EXAMPLES, batch_samples=False, **kw)
+    _, batched = predicted(model, scorer, EXAMPLES, batch_samples=True, **kw)
+    assert torch.equal(loop, batched)
+    assert not torch.allclose(loop[0], loop[1]), "the samples must differ"

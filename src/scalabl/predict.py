@@ -16,7 +16,6 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from scalabl.bayesian import bayesian_modules
-from scalabl.choices import NoiseMode
 from scalabl.config import PredictConfig
 from scalabl.examples import Example
 from scalabl.scoring import Scorer
@@ -29,8 +28,10 @@ def bayesian_model_average(sample_log_probs: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(lp, dim=0) - math.log(lp.shape[0])
 
 
-def _shared_noise(model: nn.Module) -> bool:
-    return any(m.noise_mode == NoiseMode.SHARED for m in bayesian_modules(model))
+def _copies_are_samples(model: nn.Module) -> bool:
+    """Whether S copies of a batch in one draw are S independent posterior samples (see
+    :attr:`scalabl.bayesian.BayesianModule.copies_in_one_draw`)."""
+    return all(m.copies_in_one_draw for m in bayesian_modules(model))
 
 
 def _fast_path(model: nn.Module, config: PredictConfig) -> Subset | None:
@@ -61,8 +62,9 @@ def predict_samples(
     absent choices).
 
     ``config.batch_samples`` runs the S samples of a batch as one forward of S x B sequences (each
-    copy gets its own per-sequence noise); otherwise S forwards of B sequences. With
-    ``noise="shared"`` (one draw per forward) samples always run one forward each.
+    copy gets its own per-sequence noise); otherwise S forwards of B sequences. Where the copies of
+    one draw would not be independent samples (``noise="shared"``, one draw per forward; flipout's
+    rows, which share one Gaussian draw) samples always run one forward each.
 
     ``config.sample_modules`` (``"all"``, ``"lm_head"``, ``"last:K"``; see :mod:`scalabl.subset`)
     samples only some modules, the rest at their posterior mean. Then ``batch_samples`` runs the
@@ -89,8 +91,9 @@ def predict_samples(
             logits = torch.stack(
                 [scorer.class_logits(model, batch, subset=subset, generator=generator) for _ in range(s)]
             )
-        elif config.batch_samples and not _shared_noise(model):
+        elif config.batch_samples and _copies_are_samples(model):
             # S copies of the batch in one forward (MC dropout): each copy draws its own sample.
+            # Not for flipout (blob, tfb), whose rows of one draw share a Gaussian, nor shared noise.
             logits = scorer.class_logits(model, list(batch) * s, sample=True, generator=generator)
             logits = logits.view(s, len(batch), -1)
         else:
