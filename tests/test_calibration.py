@@ -9,6 +9,7 @@ from conftest import make_byte_tokenizer, make_tiny_llama, toy_examples
 
 from scalabl.api import BayesianLoRA
 from scalabl.calibration import apply_temperature, fit_temperature, temperature_nll
+from scalabl.config import PredictConfig
 from scalabl.methods import MethodConfig
 
 
@@ -66,7 +67,7 @@ def test_temperature_method_and_flag_lower_validation_nll():
         blora = BayesianLoRA(make_tiny_llama(), make_byte_tokenizer(), cfg, seed=0)
         blora.fit(train, steps=6, batch_size=4, lr=5e-2, progress=False)
         before = blora.predict_log_proba(validation, n_samples=2)
-        facts = blora.calibrate(validation, n_samples=2)
+        facts = blora.calibrate(validation, config=PredictConfig(n_samples=2))
         after = blora.predict_log_proba(validation, n_samples=2)
         assert facts["temperature"] == blora.temperature > 0
         nll = lambda lp: -lp.gather(1, labels[:, None]).mean().item()  # noqa: E731

@@ -28,6 +28,7 @@ from scalabl.bayesian import lora_layers
 from scalabl.calibration import apply_temperature, fit_temperature
 from scalabl.choices import MethodName, Scoring, Truncation
 from scalabl.config import MethodConfig, PredictConfig, TrainConfig
+from scalabl.config.predict import DEFAULT_N_SAMPLES
 from scalabl.examples import Example
 from scalabl.io import atomic_path, write_json
 from scalabl.methods import get_method
@@ -177,24 +178,27 @@ class BayesianLoRA:
         validation: Sequence[Example],
         *,
         train: Sequence[Example] = (),
-        n_samples: int = 10,
-        batch_size: int = 8,
-        seed: int = 0,
-        progress: bool = False,
+        config: PredictConfig | None = None,
     ) -> dict[str, Any]:
         """The post-hoc step after training: the method's own (TFB's beta, Laplace's Hessian), then the
         temperature if the config asks for one. Returns what was fitted; a no-op for most methods.
 
-        ``validation`` must be held out from training; Laplace also reads ``train``.
+        ``validation`` must be held out from training; Laplace also reads ``train``. ``config`` is how
+        the validation predictions run (its seed also seeds the method's own search).
         """
+        config = config or PredictConfig()
         facts = self.method.post_fit(
-            self.model, self.scorer, train=train, validation=validation, seed=seed, progress=progress
+            self.model,
+            self.scorer,
+            train=train,
+            validation=validation,
+            seed=config.seed,
+            progress=config.progress,
         )
         if self.uses_temperature:
             if len(validation) == 0:
                 raise ValueError("temperature scaling needs a non-empty validation split")
             self.temperature = None
-            config = PredictConfig(n_samples=n_samples, batch_size=batch_size, seed=seed, progress=progress)
             labels = torch.tensor([e.label for e in validation])
             self.temperature = fit_temperature(self.predict(validation, config).log_probs, labels)
             facts["temperature"] = self.temperature
@@ -214,7 +218,7 @@ class BayesianLoRA:
         return Prediction(log_probs, samples)
 
     def predict_log_proba(
-        self, examples: Sequence[Example], n_samples: int = 10, **options: Any
+        self, examples: Sequence[Example], n_samples: int = DEFAULT_N_SAMPLES, **options: Any
     ) -> torch.Tensor:
         """Predictive log-probabilities ``[N, C_max]`` (float64); ``n_samples=0`` = posterior mean.
 
@@ -225,11 +229,15 @@ class BayesianLoRA:
         """
         return self.predict(examples, PredictConfig(n_samples=n_samples, **options)).log_probs
 
-    def predict_proba(self, examples: Sequence[Example], n_samples: int = 10, **options: Any) -> torch.Tensor:
+    def predict_proba(
+        self, examples: Sequence[Example], n_samples: int = DEFAULT_N_SAMPLES, **options: Any
+    ) -> torch.Tensor:
         """Predictive probabilities ``[N, C_max]`` (float64, rows sum to 1)."""
         return self.predict_log_proba(examples, n_samples, **options).exp()
 
-    def evaluate(self, examples: Sequence[Example], n_samples: int = 10, **options: Any) -> dict[str, float]:
+    def evaluate(
+        self, examples: Sequence[Example], n_samples: int = DEFAULT_N_SAMPLES, **options: Any
+    ) -> dict[str, float]:
         """ACC, ECE, NLL and Brier on labelled examples."""
         log_probs = self.predict_log_proba(examples, n_samples, **options)
         labels = torch.tensor([e.label for e in examples])

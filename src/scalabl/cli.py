@@ -18,7 +18,7 @@ from pathlib import Path
 
 from scalabl.config import MethodConfig, RunConfig, TrainConfig
 from scalabl.config.flags import add_options, dest, given, given_flags, int_list, name_list
-from scalabl.plan import PlanConfig
+from scalabl.plan import PlanConfig, plan_for
 
 EVALUATE_OPTIONS = ("n_samples", "max_test", "ood", "sample_modules")
 OVERWRITE_HELP = "write into a folder that already holds files: replace only the files this command writes"
@@ -126,8 +126,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from scalabl.plan import plan_for
-
     plan = plan_for(PlanConfig(**given(args, PlanConfig)))
     print(json.dumps(plan.to_dict(), indent=2) if args.json else plan.text())
     return 0

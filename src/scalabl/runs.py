@@ -116,12 +116,7 @@ def _train_and_evaluate(
     t0 = time.perf_counter()
     validation = splits.validation[: config.max_validation] if config.max_validation else splits.validation
     fitted = blora.calibrate(
-        validation,
-        train=splits.train,
-        n_samples=config.n_samples[0],
-        batch_size=config.eval_batch_size,
-        seed=config.train.seed,
-        progress=progress,
+        validation, train=splits.train, config=config.predict_config(config.n_samples[0], progress=progress)
     )
     post_fit_seconds = time.perf_counter() - t0
     blora.save(folder.path, base_model=config.model)

@@ -52,7 +52,7 @@ def build(name: str, seed: int = 0) -> BayesianLoRA:
 def trained(name: str, seed: int = 0) -> BayesianLoRA:
     blora = build(name, seed)
     blora.fit(TRAIN, steps=3, batch_size=4, lr=1e-2, seed=seed, progress=False)
-    blora.calibrate(VALIDATION, train=TRAIN, n_samples=2, seed=seed)
+    blora.calibrate(VALIDATION, train=TRAIN, config=PredictConfig(n_samples=2, seed=seed))
     return blora
 
 

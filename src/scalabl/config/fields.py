@@ -8,7 +8,7 @@ import functools
 import types
 import typing
 from dataclasses import MISSING, Field, asdict, fields
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 from scalabl.choices import Choice
 
@@ -112,3 +112,20 @@ def positive_ints(config: Any, *names: str) -> None:
         v = getattr(config, name)
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name}: must be a positive integer, got {v!r}")
+
+
+C = TypeVar("C", bound="JSONConfig")
+
+
+class JSONConfig:
+    """``to_dict`` / ``from_dict`` of a config dataclass: enums as strings, unknown keys named."""
+
+    label: ClassVar[str] = "config"  # how an error names it ("method config: unknown field(s) ...")
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls: type[C], d: dict[str, Any]) -> C:
+        check_fields(cls, d, cls.label)
+        return cls(**d)

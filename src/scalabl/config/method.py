@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from scalabl.choices import (
     KLDirection,
@@ -13,18 +12,20 @@ from scalabl.choices import (
     MethodName,
     NoiseMode,
 )
-from scalabl.config.fields import check_fields, coerce_choices, option, positive_ints, to_dict
+from scalabl.config.fields import JSONConfig, coerce_choices, option, positive_ints
 
 METHOD_DEFAULT = "the method's own"
 
 
 @dataclass
-class MethodConfig:
+class MethodConfig(JSONConfig):
     """Adapter and posterior settings. Fields a method does not use are ignored by it.
 
     ``dropout``, ``prior_std`` and ``sigma_init`` left at ``None`` take the method's own default
     (see :attr:`scalabl.methods.base.Method.default_dropout` and its siblings, and docs/methods.md).
     """
+
+    label = "method config"
 
     method: MethodName = option(MethodName.SCALABL, "method (scalabl methods lists them)")
     rank: int = option(8, "LoRA rank r")
@@ -83,11 +84,3 @@ class MethodConfig:
         positive_ints(self, "ensemble_size", "tfb_samples", "tfb_search_steps", "laplace_max_train")
         if self.tfb_tolerance < 0:
             raise ValueError(f"tfb_tolerance: must be >= 0, got {self.tfb_tolerance!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return to_dict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> MethodConfig:
-        check_fields(cls, d, "method config")
-        return cls(**d)

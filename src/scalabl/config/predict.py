@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from scalabl.config.fields import option
 
 SAMPLE_MODULES_HELP = "all, lm_head, last:K with K >= 1"
+DEFAULT_N_SAMPLES = 10  # the posterior samples of a prediction unless told (DESIGN §1)
 
 
 def parse_sample_modules(spec: str) -> int | None:
@@ -39,7 +40,9 @@ class PredictConfig:
     :meth:`scalabl.methods.base.Method.samples_for`). Validated once, here.
     """
 
-    n_samples: int = option(10, "posterior samples in the Bayesian model average (0: the posterior mean)")
+    n_samples: int = option(
+        DEFAULT_N_SAMPLES, "posterior samples in the Bayesian model average (0: the posterior mean)"
+    )
     sample_modules: str = option(
         "all",
         "modules that draw posterior samples: all, lm_head, or last:K (those of the last K decoder "

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from scalabl.choices import EMBEDDED_MODEL, DType, MethodName, Quant, Scoring, Source, Truncation
-from scalabl.config.fields import check_fields, coerce_choices, option, positive_ints, same_as, to_dict
+from scalabl.config.fields import JSONConfig, check_fields, coerce_choices, option, positive_ints, same_as
 from scalabl.config.method import MethodConfig
 from scalabl.config.predict import PredictConfig, check_sample_count, parse_sample_modules
 from scalabl.config.train import TrainConfig
@@ -23,8 +23,10 @@ DEVICES = ("cpu", "cuda", "mps", "xpu")
 
 
 @dataclass
-class RunConfig:
+class RunConfig(JSONConfig):
     """Everything a run needs; saved as config.json in the run folder."""
+
+    label = "run config"
 
     model: str = option(EMBEDDED_MODEL, "Hugging Face hub id, local folder or .gguf file")
     dtype: DType = option(DType.FLOAT32, "dtype of the base weights (the adapter stays float32)")
@@ -99,13 +101,10 @@ class RunConfig:
             progress=progress,
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        return to_dict(self)
-
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
         d = dict(d)
-        check_fields(cls, d, "run config")
+        check_fields(cls, d, cls.label)
         d["method"] = MethodConfig.from_dict(d.get("method", {}))
         d["train"] = TrainConfig.from_dict(d.get("train", {}))
         return cls(**d)

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from scalabl.choices import Recipe
-from scalabl.config.fields import check_fields, coerce_choices, option, positive_ints, to_dict
+from scalabl.config.fields import JSONConfig, coerce_choices, option, positive_ints
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(JSONConfig):
     """Optimisation settings shared by every trained method (the recipes: :mod:`scalabl.train`)."""
+
+    label = "train config"
 
     steps: int = option(100, "optimiser steps")
     batch_size: int = option(4, "examples per micro-batch (the global batch under several processes)")
@@ -48,11 +49,3 @@ class TrainConfig:
             raise ValueError(f"checkpoint_every: must be an integer >= 0, got {self.checkpoint_every!r}")
         if self.weight_decay < 0 or self.kl_weight < 0:
             raise ValueError("weight_decay and kl_weight must be >= 0")
-
-    def to_dict(self) -> dict[str, Any]:
-        return to_dict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        check_fields(cls, d, "train config")
-        return cls(**d)
