@@ -80,7 +80,7 @@ def naive_continuation(model, tokenizer, examples, *, noise_rows=None, length_no
     for i, e in enumerate(examples):
         if noise_rows is not None:
             for m, xi in zip(bayesian_modules(model), noise_rows, strict=True):
-                m._xi = xi[i : i + 1]
+                m.set_noise_rows(xi[i : i + 1])
         prompt = tokenizer.encode(continuation_prompt(e))
         for c, text in enumerate(e.choices):
             choice = tokenizer.encode(" " + text, add_special_tokens=False)
@@ -107,12 +107,12 @@ def test_continuation_matches_naive_posterior_mean(model, tokenizer, reuse_promp
 def test_continuation_matches_naive_with_the_same_noise(model, tokenizer, reuse_prompt):
     seed = 3
     draw_noise(model, len(EXAMPLES), torch.Generator().manual_seed(seed))
-    noise_rows = [m._xi.clone() for m in bayesian_modules(model)]
+    noise_rows = [m.noise_rows().clone() for m in bayesian_modules(model)]
     assert all(xi.shape[0] == len(EXAMPLES) for xi in noise_rows)
     scorer = Scorer(tokenizer, reuse_prompt=reuse_prompt)
     with torch.no_grad():
         got = scorer.class_logits(model, EXAMPLES, sample=True, generator=torch.Generator().manual_seed(seed))
-        assert all(m._xi is None for m in bayesian_modules(model)), "scoring must clear its noise"
+        assert all(m.noise_rows() is None for m in bayesian_modules(model)), "scoring must clear its noise"
         with sampling(model, True):
             expected = naive_continuation(model, tokenizer, EXAMPLES, noise_rows=noise_rows)
         mean = scorer.class_logits(model, EXAMPLES, sample=False)
@@ -127,10 +127,10 @@ def test_keep_noise_leaves_the_sample_for_the_caller(model, tokenizer):
         scorer.class_logits(
             model, EXAMPLES, sample=True, generator=torch.Generator().manual_seed(0), keep_noise=True
         )
-    kept = [m._xi for m in bayesian_modules(model)]
+    kept = [m.noise_rows() for m in bayesian_modules(model)]
     assert all(xi is not None for xi in kept)
     clear_noise(model)
-    assert all(m._xi is None for m in bayesian_modules(model))
+    assert all(m.noise_rows() is None for m in bayesian_modules(model))
 
 
 @pytest.mark.parametrize("reuse_prompt", [True, False])
@@ -138,7 +138,7 @@ def test_a_sampled_head_adapter_matches_naive_with_the_same_noise(tokenizer, reu
     """The head runs only at answer positions: each still gets its sequence's head sample."""
     model = wrap_scalabl(seed=2, targets=("v_proj", "lm_head"))
     draw_noise(model, len(EXAMPLES), torch.Generator().manual_seed(9))
-    noise_rows = [m._xi.clone() for m in bayesian_modules(model)]
+    noise_rows = [m.noise_rows().clone() for m in bayesian_modules(model)]
     clear_noise(model)
     with torch.no_grad():
         got = Scorer(tokenizer, reuse_prompt=reuse_prompt).class_logits(

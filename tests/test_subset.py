@@ -75,7 +75,7 @@ def test_fast_path_equals_the_plain_loop_with_the_same_noise(scoring, spec, targ
     _, fast = predicted(model, scorer, EXAMPLES, batch_samples=True, **kw)
     torch.testing.assert_close(fast, plain, atol=1e-5, rtol=0)
     assert not torch.allclose(plain[0], plain[1]), "samples must differ"
-    assert all(m._xi is None for m in bayesian_modules(model)), "noise must be cleared"
+    assert all(m.noise_rows() is None for m in bayesian_modules(model)), "noise must be cleared"
 
 
 @pytest.mark.parametrize("scoring", list(SCORERS))

@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Load a run folder's adapter and evaluate it on its test split; rewrites metrics and report.",
     )
     p.add_argument("run_dir", type=Path, help="a folder written by 'scalabl train'")
-    add_options(p, RunConfig, EVALUATE_OPTIONS)
+    add_options(p, RunConfig, EVALUATE_OPTIONS, default="the run's own")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)
 

@@ -207,7 +207,7 @@ def load_splits(
     else:
         spec = get_task(task)
         task_cap = spec.max_train
-        if source == "hub":
+        if source == Source.HUB:
             return _cap_train(
                 _hub_splits(spec, seed=seed, n_validation=n_validation, n_test=n_test), task_cap, max_train
             )

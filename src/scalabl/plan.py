@@ -32,12 +32,12 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from scalabl.choices import EMBEDDED_MODEL, DType, MethodName, Quant
+from scalabl.choices import EMBEDDED_MODEL, DType, LaplaceHessian, MethodName, Quant
 from scalabl.config import MethodConfig, PredictConfig, RunConfig, TrainConfig
 from scalabl.config.fields import coerce_choices, option, positive_ints, same_as
 
 SHIPPED = ("llama-2-7b", "llama-3.1-8b", "qwen2.5-7b", "qwen2.5-14b", "qwen2.5-32b")
-QUANT_BYTES = {None: None, "8bit": 1.0625, "4bit": 0.5625}
+QUANT_BYTES = {None: None, Quant.EIGHT_BIT: 1.0625, Quant.FOUR_BIT: 0.5625}
 # Elements saved for the backward pass per token and layer, in units of the hidden and MLP sizes,
 # measured with torch.autograd.graph.saved_tensors_hooks on SmolLM2-135M with this scorer (prompt
 # once, its KV cache copied per answer choice, grouped-query heads expanded): 1,361 MB for 327 tokens
@@ -118,19 +118,19 @@ def adapted_linears(model, targets: tuple[str, ...]) -> list[tuple[str, int, int
 
 
 def extra_parameters(method: str, linears: list[tuple[str, int, int]], rank: int, *, ensemble_size: int = 3,
-                     laplace_hessian: str = "kron") -> int:  # fmt: skip
+                     laplace_hessian: str = LaplaceHessian.KRON) -> int:  # fmt: skip
     """Parameters a method adds to plain LoRA with these adapted layers (tested against the real modules)."""
     lora = sum(rank * (i + o) for _, i, o in linears)
-    if method == "scalabl":
+    if method == MethodName.SCALABL:
         return 2 * rank * len(linears)
-    if method == "blob":
+    if method == MethodName.BLOB:
         return sum(rank * i for _, i, _ in linears)
-    if method == "tfb":
+    if method == MethodName.TFB:
         return (rank + 1) * len(linears)
-    if method == "ensemble":
+    if method == MethodName.ENSEMBLE:
         return (ensemble_size - 1) * lora
-    if method == "laplace":
-        if laplace_hessian == "diag":
+    if method == MethodName.LAPLACE:
+        if laplace_hessian == LaplaceHessian.DIAG:
             return lora
         # KFAC per LoRA linear: A (in -> r): in^2 + r^2; B (r -> out): r^2 + out^2
         return sum(i * i + 2 * rank * rank + o * o for _, i, o in linears)
@@ -210,9 +210,10 @@ def plan_for(c: PlanConfig) -> Plan:
     n_kv = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
     d_head = getattr(config, "head_dim", None) or h // config.num_attention_heads
 
-    variational = extra if c.method in ("scalabl", "blob") else 0
+    variational = extra if c.method in (MethodName.SCALABL, MethodName.BLOB) else 0
     trained_adapters = lora + variational  # one ensemble member trains at a time
-    held = lora * (c.ensemble_size if c.method == "ensemble" else 1) + extra * (c.method not in ("ensemble",))
+    ensemble = c.method == MethodName.ENSEMBLE
+    held = lora * (c.ensemble_size if ensemble else 1) + extra * (not ensemble)
     trainable_state = 4 * held + 12 * trained_adapters  # weights held + grad and 2 moments of the trained
     tokens = c.batch_size * c.seq_len
     inter = getattr(config, "intermediate_size", 4 * h)

@@ -237,7 +237,7 @@ def test_draw_noise_with_generator_is_reproducible():
     assert torch.equal(first, again)
     assert not torch.allclose(first, other)
     mods = subspace_modules(model)
-    assert all(m._xi is not None and m._xi.shape == (3, RANK) for m in mods)
+    assert all(m.noise_rows() is not None and m.noise_rows().shape == (3, RANK) for m in mods)
 
 
 # ---- parameter counts ----------------------------------------------------------------------------

@@ -67,11 +67,14 @@ def add_options(
     parser: argparse.ArgumentParser | argparse._ArgumentGroup,
     cls: type,
     only: Iterable[str] | None = None,
+    *,
+    default: str | None = None,
 ) -> None:
-    """Add one flag per option field of ``cls`` (see the module docstring)."""
+    """Add one flag per option field of ``cls`` (see the module docstring); ``default`` states the
+    defaults in ``--help`` where they are not the field's (``"the run's own"``)."""
     for f in options(cls, only):
         kind, _ = unwrap_optional(field_types(cls)[f.name])
-        help_text = f"{f.metadata['help']} (default: {_shown(f)})".replace("%", "%%")
+        help_text = f"{f.metadata['help']} (default: {default or _shown(f)})".replace("%", "%%")
         kwargs: dict[str, Any] = {"dest": dest(cls, f.name), "default": None, "help": help_text}
         enum = choice_type(cls, f.name)
         if kind is bool:
