@@ -87,15 +87,7 @@ ARCHIVED_FILES = (CONFIG_FILE, METRICS_FILE, PREDICTIONS_FILE, HISTORY_FILE, REP
 # what write_tables leaves under ``out``: archived beside the cells, so the committed tables match them
 TABLE_FILES = ("summary.md", "results.json", "tables/*", "reliability_*.png", "selective_*.png")
 # everything a bench writes at the top of ``out`` (its cells, claims and tables)
-BENCH_FILES = (
-    "cells",
-    "claims",
-    "tables",
-    "summary.md",
-    "results.json",
-    "reliability_*.png",
-    "selective_*.png",
-)
+BENCH_FILES = ("cells", "claims", "tables", *(p for p in TABLE_FILES if "/" not in p))
 
 # Run-config fields added after cells were first run: left out of a cell's hash while at their
 # default, so that adding an option does not orphan the cells already computed.
