@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from scalabl.config import MethodConfig, RunConfig, TrainConfig
-from scalabl.config.flags import add_options, dest, given, given_flags, int_list, name_list
+from scalabl.config.flags import add_options, dest, given, given_flags
 from scalabl.plan import PlanConfig, plan_for
 
 EVALUATE_OPTIONS = ("n_samples", "max_test", "ood", "sample_modules")
@@ -320,4 +320,4 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["build_parser", "int_list", "main", "name_list", "parse_shard", "run_config"]
+__all__ = ["build_parser", "main", "parse_shard", "run_config"]

@@ -58,21 +58,30 @@ def evaluate_model(
     if config.max_test:
         test = test[: config.max_test]
     labels = torch.tensor([e.label for e in test])
-    results: dict[str, Any] = {}
     tensors: dict[str, torch.Tensor] = {labels_key(): labels}
-    in_probs: dict[int, torch.Tensor] = {}
     counts = blora.method.sample_counts(config.n_samples)
-    for s in counts:
+
+    def evaluated(
+        examples: Sequence[Example], labels: torch.Tensor, s: int
+    ) -> tuple[dict[str, Any], torch.Tensor]:
+        """The metrics entry of ``examples`` at S = ``s`` and its predictive log-probs."""
         t0 = time.perf_counter()
-        prediction = predict_sharded(blora, test, config.predict_config(s, progress=progress), config.fsdp)
-        results[eval_key(s)] = {
+        prediction = predict_sharded(
+            blora, examples, config.predict_config(s, progress=progress), config.fsdp
+        )
+        entry = {
             **compute_metrics(prediction.log_probs, labels),
             "mi": mutual_information(prediction.samples),  # how much the S samples disagree (0 for S <= 1)
             "seconds": time.perf_counter() - t0,
             "n_samples": s,
         }
-        tensors[predictions_key(s)] = prediction.log_probs
-        in_probs[s] = prediction.log_probs.exp()
+        return entry, prediction.log_probs
+
+    results: dict[str, Any] = {}
+    in_probs: dict[int, torch.Tensor] = {}
+    for s in counts:
+        results[eval_key(s)], tensors[predictions_key(s)] = evaluated(test, labels, s)
+        in_probs[s] = tensors[predictions_key(s)].exp()
     ood: dict[str, Any] = {}
     for task in config.ood:
         shifted = load_splits(task, seed=config.split_seed, source=config.source).test
@@ -81,19 +90,11 @@ def evaluate_model(
         tensors[labels_key(task)] = shifted_labels
         ood[task] = {"n_test": len(shifted)}
         for s in counts:
-            t0 = time.perf_counter()
-            prediction = predict_sharded(
-                blora, shifted, config.predict_config(s, progress=progress), config.fsdp
-            )
-            probs = prediction.log_probs.exp()
-            ood[task][eval_key(s)] = {
-                **compute_metrics(prediction.log_probs, shifted_labels),
-                "mi": mutual_information(prediction.samples),
-                "auroc_max_prob": ood_auroc(in_probs[s], probs, "max_prob"),
-                "auroc_entropy": ood_auroc(in_probs[s], probs, "entropy"),
-                "seconds": time.perf_counter() - t0,
-                "n_samples": s,
-            }
-            tensors[predictions_key(s, task)] = prediction.log_probs
+            entry, log_probs = evaluated(shifted, shifted_labels, s)
+            probs = log_probs.exp()
+            entry["auroc_max_prob"] = ood_auroc(in_probs[s], probs, "max_prob")
+            entry["auroc_entropy"] = ood_auroc(in_probs[s], probs, "entropy")
+            ood[task][eval_key(s)] = entry
+            tensors[predictions_key(s, task)] = log_probs
     RunFolder(out).write_predictions(tensors)
     return {"n_test": len(test), "eval": results, "ood": ood}
