@@ -132,7 +132,11 @@ def test_files_keep_to_one_job(path):
     [
         ("import scalabl", ("torch", "peft", "bitsandbytes", "transformers")),
         ("import scalabl.cli; scalabl.cli.build_parser()", ("torch", "peft", "bitsandbytes")),
-        ("from scalabl.cli import main; main(['plan', '--model', 'llama-2-7b'])", ("peft", "bitsandbytes")),
+        # named targets: no peft (the default targets are peft's mapping, which imports it)
+        (
+            "from scalabl.cli import main; main(['plan', '--model', 'llama-2-7b', '--targets', 'q_proj,v_proj'])",
+            ("peft", "bitsandbytes"),
+        ),
         ("from scalabl import RunConfig; RunConfig()", ("torch", "peft", "bitsandbytes")),
     ],
 )

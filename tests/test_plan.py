@@ -9,9 +9,10 @@ import torch
 from conftest import make_byte_tokenizer, make_tiny_llama, toy_examples
 
 from scalabl.api import BayesianLoRA
+from scalabl.choices import EMBEDDED_MODEL
 from scalabl.cli import main
 from scalabl.methods import METHODS, MethodConfig
-from scalabl.plan import adapted_linears, extra_parameters, make_plan
+from scalabl.plan import adapted_linears, extra_parameters, load_config, make_plan
 
 
 def tiny_config_file(tmp_path):
@@ -69,7 +70,7 @@ def test_bad_plans_name_the_field(tmp_path):
     path = str(tiny_config_file(tmp_path))
     with pytest.raises(ValueError, match="method"):
         make_plan(path, method="nope")
-    with pytest.raises(ValueError, match="targets"):
+    with pytest.raises(ValueError, match="target_modules"):
         make_plan(path, targets=("nope",))
     with pytest.raises(ValueError, match=r"rank: 17 exceeds"):
         make_plan(path, rank=17)
@@ -85,3 +86,25 @@ def test_cli_plan_prints_text_and_json(tmp_path, capsys):
     plan = json.loads(capsys.readouterr().out)
     assert plan["quant"] == "4bit" and plan["memory_gb"]["train_total"] > 0
     assert torch.__version__  # the plan imports torch only to build on the meta device
+
+
+@pytest.mark.slow
+def test_the_shipped_embedded_config_is_the_converted_models():
+    """The embedded model's shipped config (read by plan and the bench hashes without converting the
+    GGUF file) holds what the converted model's config.json holds."""
+    from transformers import AutoConfig
+
+    from scalabl.models import embedded_model_path
+
+    converted = AutoConfig.from_pretrained(embedded_model_path()).to_dict()
+    shipped = load_config(EMBEDDED_MODEL).to_dict()
+    for key in ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "num_key_value_heads", "head_dim", "vocab_size", "tie_word_embeddings"):  # fmt: skip
+        assert shipped[key] == converted[key], key
+
+
+def test_default_targets_are_read_from_the_config_alone():
+    from scalabl.plan import default_targets_for
+
+    assert default_targets_for(EMBEDDED_MODEL) == ("q_proj", "v_proj")  # no GGUF conversion needed
+    assert default_targets_for("qwen2.5-32b") == ("q_proj", "v_proj")

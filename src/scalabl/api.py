@@ -71,6 +71,8 @@ class BayesianLoRA:
         length_norm: continuation scoring by mean rather than summed token log-likelihood.
         truncation: a prompt longer than the context is cut from the left with a warning
             (``"left"``) or refused (``"error"``).
+        max_length: tokens of a prompt and its longest answer at most (default: the tokenizer's
+            limit, 2048 where it has none).
         seed: seeds the adapter initialisation.
         gradient_checkpointing: recompute each decoder layer's activations in backward instead of
             keeping them (training memory grows with one layer, not all). Training then scores
@@ -86,16 +88,20 @@ class BayesianLoRA:
         scoring: str = Scoring.CONTINUATION,
         length_norm: bool = False,
         truncation: str = Truncation.LEFT,
+        max_length: int | None = None,
         seed: int = 0,
         gradient_checkpointing: bool = False,
     ) -> None:
         self.config = config or MethodConfig()
         self.method = get_method(self.config)
         self.tokenizer = tokenizer
-        self.scorer = Scorer(tokenizer, scoring, length_norm=length_norm, truncation=truncation)
+        self.scorer = Scorer(
+            tokenizer, scoring, length_norm=length_norm, max_length=max_length, truncation=truncation
+        )
         self.gradient_checkpointing = gradient_checkpointing
         torch.manual_seed(seed)
         self.model = self.method.wrap(model)
+        self.config = self.method.config  # with the target modules the wrap resolved
         if gradient_checkpointing:
             # Non-reentrant checkpointing: needs no input that requires grad (the base is frozen)
             # and restores the RNG state, so recomputed dropout masks match.
@@ -258,6 +264,7 @@ class BayesianLoRA:
                 "scoring": self.scorer.mode,
                 "length_norm": self.scorer.length_norm,
                 "truncation": self.scorer.truncation,
+                "max_length": self.scorer.max_length,
                 "temperature": self.temperature,
                 "fitted": self.fitted,
                 **metadata,
@@ -307,6 +314,7 @@ class BayesianLoRA:
             scoring=meta.get("scoring", "continuation"),
             length_norm=meta.get("length_norm", False),
             truncation=meta.get("truncation", "left"),
+            max_length=meta.get("max_length"),
         )
         state = read_safetensors(folder / ADAPTER_FILE)
         blora.method.load_adapter_state(blora.model, state, str(folder / ADAPTER_FILE))

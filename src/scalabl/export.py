@@ -17,6 +17,8 @@ from peft import LoraConfig
 from safetensors.torch import save_file
 
 from scalabl.api import BayesianLoRA
+from scalabl.architectures import tied_head
+from scalabl.bayesian import base_model as base_of
 from scalabl.bayesian import lora_layers
 from scalabl.io import atomic_path, output_folder, write_json
 
@@ -71,6 +73,11 @@ def export_peft(
         )
     if names is not None:
         notes.append(f"ensemble: member {member} of {len(names)} only")
+    if tied_head(base_of(blora.model)) and any(n.endswith("lm_head") for n, _ in lora_layers(blora.model)):
+        notes.append(
+            "lm_head shares its weight with the input embeddings: its adapter changes the output head only; "
+            "do not merge it (merging would change the input embeddings too)"
+        )
     with output_folder(
         out, (PEFT_WEIGHTS, PEFT_CONFIG, NOTES), overwrite=overwrite, command="scalabl export"
     ):

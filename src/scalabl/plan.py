@@ -26,17 +26,19 @@ size, ``L`` layers, ``V`` vocabulary, ``w`` bytes per activation element of the 
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+from scalabl.architectures import default_targets, linear_names, peft_targets, resolve_targets
 from scalabl.choices import EMBEDDED_MODEL, DType, LaplaceHessian, MethodName, Quant
 from scalabl.config import MethodConfig, PredictConfig, RunConfig, TrainConfig
 from scalabl.config.fields import coerce_choices, option, positive_ints, same_as
 
-SHIPPED = ("llama-2-7b", "llama-3.1-8b", "qwen2.5-7b", "qwen2.5-14b", "qwen2.5-32b")
+SHIPPED = (EMBEDDED_MODEL, "llama-2-7b", "llama-3.1-8b", "qwen2.5-7b", "qwen2.5-14b", "qwen2.5-32b")
 QUANT_BYTES = {None: None, Quant.EIGHT_BIT: 1.0625, Quant.FOUR_BIT: 0.5625}
 # Elements saved for the backward pass per token and layer, in units of the hidden and MLP sizes,
 # measured with torch.autograd.graph.saved_tensors_hooks on SmolLM2-135M with this scorer (prompt
@@ -76,7 +78,8 @@ class PlanConfig:
 
     def __post_init__(self) -> None:
         coerce_choices(self)
-        self.targets = tuple(self.targets)
+        if self.targets is not None:
+            self.targets = tuple(self.targets)
         positive_ints(self, "rank", "batch_size", "seq_len", "answer_tokens", "ensemble_size")
 
 
@@ -88,10 +91,6 @@ def load_config(model: str):
         raw = json.loads(files("scalabl").joinpath(f"model_configs/{model}.json").read_text())
         raw.pop("_comment", None)
         return AutoConfig.for_model(**raw)
-    if model == EMBEDDED_MODEL:
-        from scalabl.models import embedded_model_path
-
-        return AutoConfig.from_pretrained(embedded_model_path())
     path = Path(model)
     if path.is_file():
         raw = json.loads(path.read_text())
@@ -104,6 +103,22 @@ def load_config(model: str):
             f"could not read a config for {model!r}: not one of {', '.join(SHIPPED)}, a config.json, a model "
             f"folder or a reachable hub id ({str(err).splitlines()[0]})"
         ) from err
+
+
+@functools.cache
+def default_targets_for(model: str) -> tuple[str, ...]:
+    """The modules a run of ``model`` adapts when it names none, read from the model's config alone
+    (:func:`scalabl.architectures.default_targets`; built on the meta device only where peft maps none)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = load_config(model)
+    mapped = peft_targets(config.model_type)
+    if mapped is not None:
+        return mapped
+    with torch.device("meta"):
+        net = AutoModelForCausalLM.from_config(config)
+    return default_targets(config.model_type, linear_names(net))
 
 
 def adapted_linears(model, targets: tuple[str, ...]) -> list[tuple[str, int, int]]:
@@ -187,9 +202,8 @@ def plan_for(c: PlanConfig) -> Plan:
         net = AutoModelForCausalLM.from_config(config)
     params = {id(p): p for p in net.parameters()}  # tied weights once
     base = sum(p.numel() for p in params.values())
-    linears = adapted_linears(net, tuple(c.targets))
-    if not linears:
-        raise ValueError(f"targets: {list(c.targets)} matched no linear layer of {c.model}")
+    targets = resolve_targets(net, c.targets)
+    linears = adapted_linears(net, targets)
     limit = min(min(i, o) for _, i, o in linears)
     if c.rank > limit:
         raise ValueError(f"rank: {c.rank} exceeds the smallest adapted layer's min(in, out) = {limit}")
@@ -239,7 +253,7 @@ def plan_for(c: PlanConfig) -> Plan:
         model=c.model,
         method=c.method.value,
         rank=c.rank,
-        targets=c.targets,
+        targets=targets,
         dtype=c.dtype.value,
         quant=None if c.quant is None else c.quant.value,
         adapted_modules=len(linears),

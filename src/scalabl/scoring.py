@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from scalabl.architectures import output_logits
 from scalabl.bayesian import base_model, bayesian_modules, clear_noise, draw_noise, sampling, select_noise
 from scalabl.choices import Scoring, Truncation
 from scalabl.examples import Example
@@ -241,7 +242,7 @@ class Scorer:
                 m.select_noise(row_of)
         if branch is not None:
             branch.rows = hidden.shape[0]  # a head branch repeats what enters the head
-        logits = head(hidden)
+        logits = output_logits(base, head, hidden)
         return torch.log_softmax(logits.float(), dim=-1), _output_cache(out)
 
     def _prompt_pass(

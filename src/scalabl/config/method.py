@@ -31,8 +31,11 @@ class MethodConfig(JSONConfig):
     rank: int = option(8, "LoRA rank r")
     alpha: float = option(16.0, "LoRA alpha (the adapter is scaled by alpha / r)")
     dropout: float | None = option(None, "LoRA dropout (mcdropout 0.1, the others 0)", shown=METHOD_DEFAULT)
-    target_modules: tuple[str, ...] = option(
-        ("q_proj", "v_proj"), "comma-separated modules that get an adapter", flag="--targets"
+    target_modules: tuple[str, ...] | None = option(
+        None,
+        "comma-separated modules that get an adapter",
+        flag="--targets",
+        shown="peft's for the architecture (q_proj,v_proj on Llama, Qwen, Gemma, Mistral)",
     )
     sigma_init: float | None = option(
         None,
@@ -68,15 +71,16 @@ class MethodConfig(JSONConfig):
                 f"method: unknown method {self.method!r}; allowed: {', '.join(MethodName.values())}"
             )
         coerce_choices(self)
-        self.target_modules = tuple(self.target_modules)
+        if self.target_modules is not None:
+            self.target_modules = tuple(self.target_modules)
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
             raise ValueError(f"rank: must be a positive integer, got {self.rank!r}")
         if self.alpha <= 0:
             raise ValueError(f"alpha: must be > 0, got {self.alpha!r}")
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout: must be in [0, 1), got {self.dropout!r}")
-        if not self.target_modules:
-            raise ValueError("target_modules: at least one module name is required")
+        if self.target_modules is not None and not self.target_modules:
+            raise ValueError("target_modules: name at least one module, or leave it unset for the defaults")
         for name in ("sigma_init", "prior_std"):
             v = getattr(self, name)
             if v is not None and v <= 0:

@@ -16,6 +16,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
 
+from scalabl.architectures import resolve_targets, untied_head_adapter
 from scalabl.bayesian import bayesian_modules, lora_layers
 from scalabl.config import MethodConfig, PredictConfig, TrainConfig
 from scalabl.distributed import full
@@ -84,6 +85,8 @@ class Method(ABC):
     # ---- 1. build ---------------------------------------------------------------------------------
     def lora_config(self) -> LoraConfig:
         c = self.config
+        if c.target_modules is None:
+            raise ValueError("target_modules: resolved when the model is wrapped; wrap it first")
         return LoraConfig(
             r=c.rank,
             lora_alpha=c.alpha,
@@ -100,15 +103,14 @@ class Method(ABC):
         return peft_model
 
     def add_lora(self, model: nn.Module, adapter_name: str = "default") -> PeftModel:
-        """peft's ``get_peft_model`` with this method's LoRA config; names the field when nothing matches."""
-        try:
+        """peft's ``get_peft_model`` with this method's LoRA config. Target modules left at None become
+        the architecture's defaults here (:func:`scalabl.architectures.resolve_targets`), so the saved
+        and exported adapter configs name them."""
+        targets = resolve_targets(model, self.config.target_modules)
+        if targets != self.config.target_modules:
+            self.config = replace(self.config, target_modules=targets)
+        with untied_head_adapter():
             peft_model = get_peft_model(model, self.lora_config(), adapter_name=adapter_name)
-        except ValueError as err:
-            if "not found in the base model" in str(err):
-                raise ValueError(
-                    f"target_modules: {list(self.config.target_modules)} matched no module of the model"
-                ) from err
-            raise
         for name, layer in lora_layers(peft_model):
             # A rank above min(in, out) adds parameters but no expressiveness (and breaks the SVD inits).
             limit = min(layer.in_features, layer.out_features)
@@ -189,7 +191,7 @@ class Method(ABC):
         """The tensors a saved adapter holds (peft's key format for the active adapter)."""
         # An explicit state dict skips peft's check for 1-D lora_A tensors (meant to catch
         # un-gathered ZeRO-3 shards), which ScalaBL's log_mu / log_sigma vectors would trip.
-        state = get_peft_model_state_dict(model, state_dict=model.state_dict())
+        state = get_peft_model_state_dict(model, state_dict=model.state_dict(), save_embedding_layers=False)
         return {k: full(v.detach()).contiguous().cpu() for k, v in state.items()}
 
     def load_adapter_state(self, model: PeftModel, state: dict[str, torch.Tensor], source: str) -> None:

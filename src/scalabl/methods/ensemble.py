@@ -18,6 +18,7 @@ import torch
 from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
 
+from scalabl.architectures import untied_head_adapter
 from scalabl.config import PredictConfig, TrainConfig
 from scalabl.examples import Example
 from scalabl.methods.base import Method, reject_subset
@@ -41,7 +42,8 @@ class Ensemble(Method):
         first, *rest = self.members
         peft_model = self.add_lora(model, adapter_name=first)
         for name in rest:  # initialised from the global RNG in turn: seeded by the caller
-            peft_model.add_adapter(name, self.lora_config())
+            with untied_head_adapter():
+                peft_model.add_adapter(name, self.lora_config())
         peft_model.set_adapter(first)
         return peft_model
 
@@ -107,7 +109,9 @@ class Ensemble(Method):
         return {
             f"{name}{SEPARATOR}{k}": v.detach().contiguous().cpu()
             for name in self.members
-            for k, v in get_peft_model_state_dict(model, state_dict=full, adapter_name=name).items()
+            for k, v in get_peft_model_state_dict(
+                model, state_dict=full, adapter_name=name, save_embedding_layers=False
+            ).items()
         }
 
     def load_adapter_state(self, model: PeftModel, state: dict[str, torch.Tensor], source: str) -> None:
