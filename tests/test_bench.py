@@ -11,19 +11,10 @@ from pathlib import Path
 import pytest
 from conftest import save_tiny_model
 
-from scalabl.bench import (
-    BenchConfig,
-    cell_digest,
-    collect,
-    run_bench,
-    table_rows,
-    to_csv,
-    to_latex,
-    to_markdown,
-    write_tables,
-)
+from scalabl.bench import BenchConfig, cell_digest, collect, merged, run_bench, write_tables
 from scalabl.cli import main
 from scalabl.config import RunConfig
+from scalabl.tables import table_rows, to_csv, to_latex, to_markdown
 
 # the folder of that cell as computed before quant, device, gradient_checkpointing and
 # sample_modules were run options (commit 7cb702d)
@@ -306,3 +297,86 @@ def test_tables_only_regenerates_the_committed_tables_byte_for_byte(grid, tmp_pa
     assert len(written) > 40
     for name in written:
         assert (tmp_path / name).read_bytes() == (committed / name).read_bytes(), name
+
+
+def test_a_new_section_field_at_its_default_keeps_the_hash(tmp_path):
+    """train.adam_eps and max_length joined the run config after the cells: at their defaults they
+    are left out of the hash, changed they move the cell."""
+    base = {"max_test": 100, "max_validation": 50, "n_samples": [4], "train": {"steps": 40}}
+
+    def name(**changes) -> str:
+        config = BenchConfig(tasks=["arc_easy"], methods={"mle": {}}, seeds=[0], out=str(tmp_path),
+                             base=merged(base, changes))  # fmt: skip
+        return config.cell_dir("mle", "arc_easy", 0).name
+
+    assert name(train={"adam_eps": 1e-8}) == name(max_length=None) == PINNED_HASH
+    assert name(train={"adam_eps": 1e-6}) != PINNED_HASH and name(max_length=300) != PINNED_HASH
+
+
+def test_default_targets_hash_as_the_targets_they_resolve_to(tmp_path):
+    """target_modules left unset became the architecture's defaults: a cell of the embedded model keeps
+    the folder it had when ("q_proj", "v_proj") was the default written into every config."""
+
+    def name(method: dict) -> str:
+        config = BenchConfig(tasks=["arc_easy"], methods={"mle": {}}, seeds=[0], out=str(tmp_path),
+                             base={"max_test": 100, "max_validation": 50, "n_samples": [4],
+                                   "train": {"steps": 40}, "method": method})  # fmt: skip
+        return config.cell_dir("mle", "arc_easy", 0).name
+
+    assert name({}) == name({"target_modules": ["q_proj", "v_proj"]}) == PINNED_HASH
+    assert name({"target_modules": ["q_proj", "v_proj", "lm_head"]}) != PINNED_HASH
+
+
+def test_models_give_one_grid_each_with_their_overrides_merged(tmp_path):
+    config = BenchConfig(
+        tasks=["arc_easy"],
+        methods={"mle": {}, "scalabl": {"train": {"recipe": "blob", "kl_lr": 0.1}}},
+        seeds=[0],
+        out=str(tmp_path / "runs"),
+        archive=str(tmp_path / "kept"),
+        base={"train": {"steps": 3, "batch_size": 4}},
+        models={
+            "a": {"base": {"model": "a-model"}},
+            "b": {
+                "base": {"model": "b-model", "train": {"batch_size": 2}},
+                "methods": {"scalabl": {"train": {"kl_lr": 0.2}}},
+            },
+        },  # fmt: skip
+    )
+    a, b = config.grids()
+    assert (a.out, b.archive) == (str(tmp_path / "runs" / "a"), str(tmp_path / "kept" / "b"))
+    run_a, run_b = a.run_config("scalabl", "arc_easy", 0), b.run_config("scalabl", "arc_easy", 0)
+    assert (run_a.model, run_a.train.batch_size, run_a.train.kl_lr) == ("a-model", 4, 0.1)
+    assert (run_b.model, run_b.train.batch_size, run_b.train.kl_lr, run_b.train.steps) == (
+        "b-model",
+        2,
+        0.2,
+        3,
+    )
+    assert run_b.train.recipe == "blob"  # merged key by key, not replaced
+    assert [g.out for g in config.grids(["b"])] == [b.out]
+    with pytest.raises(ValueError, match="'c' is not one of the bench's models"):
+        config.grids(["c"])
+    plain = BenchConfig(tasks=["arc_easy"], methods={"mle": {}}, out=str(tmp_path))
+    assert plain.grids() == [plain]
+    with pytest.raises(ValueError, match="lists no models"):
+        plain.grids(["a"])
+
+
+@pytest.mark.parametrize(
+    ("models", "message"),
+    [
+        ({"a": {"run": {}}}, "models.a: unknown key 'run'"),
+        ({"a": {"methods": {"nope": {}}}}, "models.a.methods: 'nope' is not one of the methods"),
+    ],
+)
+def test_bad_models_name_the_field(models, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        BenchConfig(tasks=["arc_easy"], methods={"mle": {}}, out=str(tmp_path), models=models)
+
+
+def test_merged_merges_nested_dicts_and_replaces_the_rest():
+    base = {"a": 1, "train": {"steps": 5, "lr": 0.1}, "n_samples": [4, 0]}
+    out = merged(base, {"train": {"lr": 0.2}, "n_samples": [10]})
+    assert out == {"a": 1, "train": {"steps": 5, "lr": 0.2}, "n_samples": [10]}
+    assert base["train"]["lr"] == 0.1  # the input is left as it was

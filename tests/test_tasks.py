@@ -89,3 +89,29 @@ def test_hub_source_keeps_the_official_splits(monkeypatch):
     assert len(splits.test) == 12 and all(e.question.startswith('In "validation') for e in splits.test)
     assert len(splits.validation) == 3 and len(splits.train) == 27  # 10% of train carved out
     assert not {e.id for e in splits.train} & {e.id for e in splits.validation}
+
+
+def test_paper_source_tests_on_the_official_validation_split(monkeypatch):
+    """ARC under source "paper": test = the validation split, validation carved from train; "hub"
+    keeps the test split; MMLU keeps its test split under both."""
+    from scalabl import tasks
+
+    def fake_rows(path, name, split):
+        n = {"train": 40, "validation": 10, "test": 20, "dev": 5}[split]
+        if path == "cais/mmlu":
+            return [{"question": f"{split} {i}?", "choices": list("wxyz"), "answer": 1, "subject": name} for i in range(n)]  # fmt: skip
+        return [
+            {"id": f"{split}-{i}", "question": f"{split} {i}?", "answerKey": "A",
+             "choices": {"text": ["a", "b", "c", "d"], "label": list("ABCD")}}
+            for i in range(n)
+        ]  # fmt: skip
+
+    monkeypatch.setattr(tasks, "_hub_rows", fake_rows)
+    paper = load_splits("arc_challenge", source="paper", seed=0)
+    assert len(paper.test) == 10 and all(e.question.startswith("validation") for e in paper.test)
+    assert len(paper.validation) == 4 and len(paper.train) == 36
+    assert all(e.question.startswith("train") for e in paper.validation + paper.train)
+    hub = load_splits("arc_challenge", source="hub", seed=0)
+    assert len(hub.test) == 20 and all(e.question.startswith("test") for e in hub.test)
+    mmlu = load_splits("mmlu_physics", source="paper", seed=0)
+    assert len(mmlu.test) == 20 and all(e.question.startswith("test") for e in mmlu.test)

@@ -255,6 +255,18 @@ def test_variational_lr_sets_its_own_group():
     torch.testing.assert_close(log_sigmas(blora), start, rtol=0, atol=1e-9)
 
 
+def test_adam_eps_reaches_the_optimiser():
+    """The papers' AdamW epsilon (1e-6) is the optimiser's, not torch's default 1e-8."""
+    from scalabl.train import optimisation
+
+    blora = wrap("scalabl")
+    for eps in (1e-8, 1e-6):
+        opt = optimisation(blora.model, TrainConfig(adam_eps=eps))
+        assert {g["eps"] for g in opt.main.param_groups} == {eps}
+    with pytest.raises(ValueError, match="adam_eps"):
+        TrainConfig(adam_eps=0)
+
+
 # ---- validation ----------------------------------------------------------------------------------
 def test_empty_training_set_raises():
     blora = wrap("mle")

@@ -52,16 +52,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from tqdm.auto import tqdm
 
 from scalabl.api import ADAPTER_FILE
+from scalabl.bench_tables import TABLE_FILES, write_tables
 from scalabl.config import RunConfig
 from scalabl.config.fields import check_fields
-from scalabl.io import atomic_path, claim, output_folder, write_json, write_text
+from scalabl.io import atomic_path, claim, output_folder
 from scalabl.methods import METHODS
-from scalabl.plots import plot_reliability, plot_risk_coverage
-from scalabl.results import headline
+from scalabl.plan import default_targets_for
 from scalabl.run_folder import (
     CONFIG_FILE,
     HISTORY_FILE,
@@ -71,32 +70,23 @@ from scalabl.run_folder import (
     RunFolder,
 )
 from scalabl.runs import train_run
-from scalabl.tables import (
-    METRICS,
-    PAIRED,
-    paired_markdown,
-    paired_rows,
-    table_rows,
-    to_csv,
-    to_latex,
-    to_markdown,
-)
 
 # a cell's small files, kept in the archive (no weights)
 ARCHIVED_FILES = (CONFIG_FILE, METRICS_FILE, PREDICTIONS_FILE, HISTORY_FILE, REPORT_FILE)
-# what write_tables leaves under ``out``: archived beside the cells, so the committed tables match them
-TABLE_FILES = ("summary.md", "results.json", "tables/*", "reliability_*.png", "selective_*.png")
 # everything a bench writes at the top of ``out`` (its cells, claims and tables)
 BENCH_FILES = ("cells", "claims", "tables", *(p for p in TABLE_FILES if "/" not in p))
 
-# Run-config fields added after cells were first run: left out of a cell's hash while at their
-# default, so that adding an option does not orphan the cells already computed.
+# Run-config fields added after cells were first run ("train.adam_eps": a field of a section): left
+# out of a cell's hash while at their default, so that adding an option does not orphan the cells
+# already computed.
 HASH_OMIT_AT_DEFAULT: dict[str, Any] = {
     "quant": None,
     "device": "auto",
     "gradient_checkpointing": False,
     "sample_modules": "all",
     "fsdp": False,
+    "max_length": None,
+    "train.adam_eps": 1e-8,
 }
 
 
@@ -112,6 +102,8 @@ class BenchConfig:
     out: str = "runs/bench"
     archive: str | None = None
     reference: str | None = None  # the method the paired tables compare against (default: the first)
+    # several models, each one grid of its own (see :meth:`for_model`): name -> {"base": ..., "methods": ...}
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.tasks:
@@ -135,8 +127,45 @@ class BenchConfig:
                 raise ValueError(f"ood: {task!r} is not one of the tasks {self.tasks}")
         if self.reference is not None and self.reference not in self.methods:
             raise ValueError(f"reference: {self.reference!r} is not one of the methods {names}")
+        for name, spec in self.models.items():
+            unknown = sorted(set(spec) - {"base", "methods"})
+            if unknown:
+                raise ValueError(f"models.{name}: unknown key {unknown[0]!r}; allowed: base, methods")
+            extra = sorted(set(spec.get("methods", {})) - set(names))
+            if extra:
+                raise ValueError(f"models.{name}.methods: {extra[0]!r} is not one of the methods {names}")
+        if self.models:
+            for name in self.models:  # each model's grid validates its cells
+                self.for_model(name)
+            return
         for label, task, seed in self.grid():  # every cell's config must validate up front
             self.run_config(label, task, seed)
+
+    def for_model(self, name: str) -> BenchConfig:
+        """The grid of one of ``models``: ``base`` and the methods with that model's overrides merged
+        in (nested sections key by key), in ``out/NAME`` (and ``archive/NAME``)."""
+        if name not in self.models:
+            raise ValueError(f"model: {name!r} is not one of the bench's models {list(self.models)}")
+        spec = self.models[name]
+        overrides = spec.get("methods", {})
+        return BenchConfig(
+            tasks=self.tasks,
+            methods={label: merged(m, overrides.get(label, {})) for label, m in self.methods.items()},
+            seeds=self.seeds,
+            base=merged(self.base, spec.get("base", {})),
+            ood=self.ood,
+            out=str(Path(self.out) / name),
+            archive=None if self.archive is None else str(Path(self.archive) / name),
+            reference=self.reference,
+        )
+
+    def grids(self, names: list[str] | None = None) -> list[BenchConfig]:
+        """The grids to run: one per model named (default: all of ``models``), or this one."""
+        if not self.models:
+            if names:
+                raise ValueError("models: this bench config lists no models to choose from")
+            return [self]
+        return [self.for_model(n) for n in (names or list(self.models))]
 
     @classmethod
     def from_file(cls, path: str | Path) -> BenchConfig:
@@ -227,19 +256,35 @@ class BenchConfig:
         )
 
 
+def merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``changes`` merged in: nested dicts key by key, anything else replaced."""
+    out = json.loads(json.dumps(base))  # a deep copy
+    for key, value in changes.items():
+        out[key] = (
+            merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        )
+    return out
+
+
 def cell_digest(run: RunConfig) -> str:
     """The hash a cell's folder is named by: of the run's config dict, with the fields added since
     cells were first archived left out at their defaults (:data:`HASH_OMIT_AT_DEFAULT`)."""
     config = run.to_dict()
-    for key, default in HASH_OMIT_AT_DEFAULT.items():
-        if config.get(key) == default:
-            del config[key]
+    for path, default in HASH_OMIT_AT_DEFAULT.items():
+        *sections, key = path.split(".")
+        part = config
+        for section in sections:
+            part = part[section]
+        if part.get(key) == default:
+            del part[key]
     # Settings that became method-dependent defaults (None) are hashed by the value the method
     # uses: a cell keeps its folder while that value is what it ran with, and moves when a
     # method's default changes.
     method = METHODS[run.method.method](run.method)
     config["method"]["sigma_init"] = method.sigma_init
     config["train"]["variational_lr"] = method.train_config(run.train).variational_lr
+    if run.method.target_modules is None:  # the architecture's defaults, as the run resolves them
+        config["method"]["target_modules"] = list(default_targets_for(run.model))
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -339,64 +384,3 @@ def archive_cells(config: BenchConfig) -> int:
                     shutil.copyfile(here / name, tmp)
         n += 1
     return n
-
-
-def write_tables(
-    config: BenchConfig, results: dict[str, Any], *, plots: bool = True, into: Path | None = None
-) -> None:
-    """tables/METRIC.{md,csv,tex}, summary.md, reliability_TASK.png and selective_TASK.png (the
-    risk-coverage curves, unless ``plots=False``) under ``into`` (default ``config.out``)."""
-    out = Path(config.out) if into is None else Path(into)
-    sections = []
-    for metric, (header, _, _) in METRICS.items():
-        columns, rows = table_rows(config, results, metric)
-        if not columns or all(c is None for r in rows for c in r[1:]):
-            continue
-        write_text(out / "tables" / f"{metric}.md", to_markdown(metric, columns, rows) + "\n")
-        write_text(out / "tables" / f"{metric}.csv", to_csv(metric, columns, rows))
-        write_text(out / "tables" / f"{metric}.tex", to_latex(metric, columns, rows))
-        sections += [f"## {header}", "", to_markdown(metric, columns, rows), ""]
-    reference = config.reference or next(iter(config.methods))
-    if len(config.methods) > 1:
-        sections += [
-            f"## Against {reference}, paired by seed",
-            "",
-            f"Each method's value minus {reference}'s on the same task and seed: mean ± std over the "
-            f"seeds both finished, and (k/n) = better than {reference} on k of n seeds.",
-            "",
-        ]
-        for metric in PAIRED:
-            columns, rows = paired_rows(config, results, metric, reference)
-            if all(c is None for r in rows for c in r[1:]):
-                continue
-            table = paired_markdown(metric, columns, rows)
-            write_text(out / "tables" / f"{metric}_vs_{reference}.md", table + "\n")
-            sections += [f"### {METRICS[metric][0]}", "", table, ""]
-    for task in config.tasks if plots else ():
-        curves = {}
-        for label in config.methods:
-            runs = results.get(label, {}).get(task, {})
-            parts = [
-                RunFolder(config.finished_dir(label, task, seed)).predictions(headline(m))
-                for seed, m in runs.items()
-            ]
-            if parts:
-                curves[label] = (torch.cat([p for p, _ in parts]), torch.cat([y for _, y in parts]))
-        if curves:
-            name = task.replace(":", "_")
-            plot_reliability(curves, out / f"reliability_{name}.png", title=f"{task}, seeds pooled")
-            plot_risk_coverage(curves, out / f"selective_{name}.png", title=f"{task}, seeds pooled")
-    first = next((m for per in results.values() for runs in per.values() for m in runs.values()), None)
-    head = [
-        "# Benchmark",
-        "",
-        f"Methods {', '.join(config.methods)}; tasks {', '.join(config.tasks)}; seeds {config.seeds}. "
-        "Cells: mean ± std over seeds (sample std), each method at its first sample count "
-        "(S for Bayesian methods, the members for an ensemble).",
-    ]
-    if first is not None:
-        head.append(
-            f"Model `{first['model']}`, {first['train_steps']} training steps, test n ≤ {first['n_test']}."
-        )
-    write_text(out / "summary.md", "\n".join([*head, "", *sections]))
-    write_json(out / "results.json", results)

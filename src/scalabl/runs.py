@@ -87,6 +87,7 @@ def _train_and_evaluate(
         scoring=config.scoring,
         length_norm=config.length_norm,
         truncation=config.truncation,
+        max_length=config.max_length,
         seed=config.train.seed,
         gradient_checkpointing=config.gradient_checkpointing,
     )

@@ -27,6 +27,10 @@ Sources (``source=``):
   official test split (ARC, OBQA, MMLU) or, where test labels are hidden, the validation split
   (BoolQ, WinoGrande), as in BLoB; validation = the official one where it is not the test, else a
   seeded 10% of train.
+* ``paper``: the hub's data as the Bayesian-LoRA papers evaluate it (Laplace-LoRA, BLoB, ScalaBL):
+  test = the official validation split of every task that has one (ARC, OBQA; BoolQ and WinoGrande
+  as under ``hub``), validation = a seeded 10% of train. MMLU keeps its test split (its validation
+  split has a handful of questions per subject).
 """
 
 from __future__ import annotations
@@ -225,6 +229,8 @@ class Task:
     n_test: int | float  # offline split sizes: counts, or fractions of the pool
     n_validation: int | float
     max_train: int | None = None  # WinoGrande-S/M: the training-set size that names the task
+    # source "paper": test on the official validation split (not MMLU: a handful per subject)
+    paper_tests_validation: bool = True
 
     def split_sizes(self, n_pool: int) -> dict[str, int]:
         def size(v: int | float) -> int:
@@ -247,7 +253,7 @@ def _mmlu_task(name: str, subjects: tuple[str, ...] | None, description: str) ->
             [e for p in parts for e in p.test],
         )
 
-    return Task(name, description, offline, hub, n_test=0.7, n_validation=0.1)
+    return Task(name, description, offline, hub, n_test=0.7, n_validation=0.1, paper_tests_validation=False)
 
 
 TASK_LIST = (

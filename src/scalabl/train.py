@@ -176,7 +176,7 @@ def optimisation(model: nn.Module, config: TrainConfig) -> Optimisation:
             config.variational_lr if config.recipe == Recipe.ELBO and config.variational_lr else config.lr
         )
         groups.append({"params": variational, "lr": var_lr, "weight_decay": 0.0})
-    main = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+    main = torch.optim.AdamW(groups, lr=config.lr, eps=config.adam_eps, weight_decay=config.weight_decay)
     scheduler = get_linear_schedule_with_warmup(main, round(config.warmup_ratio * config.steps), config.steps)
     kl = (
         torch.optim.SGD(variational, lr=config.kl_lr)

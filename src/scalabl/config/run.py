@@ -48,6 +48,9 @@ class RunConfig(JSONConfig):
     )
     scoring: Scoring = option(Scoring.CONTINUATION, "how a choice is scored (docs/data.md)")
     length_norm: bool = option(False, "continuation: mean token log-likelihood instead of the sum")
+    max_length: int | None = option(
+        None, "tokens of a prompt and its longest answer at most (see --truncation)", shown="the tokenizer's"
+    )
     truncation: Truncation = option(
         Truncation.LEFT, "a prompt longer than the context: cut its start (warn), or refuse"
     )
@@ -83,6 +86,8 @@ class RunConfig(JSONConfig):
             if v is not None and v < 1:
                 raise ValueError(f"{name}: must be >= 1 or unset, got {v}")
         positive_ints(self, "eval_batch_size")
+        if self.max_length is not None:
+            positive_ints(self, "max_length")
         parse_sample_modules(self.sample_modules)
         if self.fsdp and (self.method.method not in FSDP_METHODS or self.from_run):
             raise ValueError(

@@ -18,6 +18,7 @@ class TrainConfig(JSONConfig):
     batch_size: int = option(4, "examples per micro-batch (the global batch under several processes)")
     grad_accum: int = option(1, "micro-batches per optimiser step")
     lr: float = option(2e-3, "AdamW learning rate")
+    adam_eps: float = option(1e-8, "AdamW epsilon (the papers' protocol: 1e-6)")
     weight_decay: float = option(0.0, "AdamW weight decay (not on the posterior's parameters)")
     warmup_ratio: float = option(0.06, "fraction of the steps of linear warm-up, then linear decay")
     max_grad_norm: float | None = option(1.0, "clip the gradient norm to this (0: no clipping)")
@@ -37,7 +38,7 @@ class TrainConfig(JSONConfig):
     def __post_init__(self) -> None:
         coerce_choices(self)
         positive_ints(self, "steps", "batch_size", "grad_accum", "log_every")
-        for name in ("lr", "kl_lr"):
+        for name in ("lr", "kl_lr", "adam_eps"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: must be > 0, got {getattr(self, name)!r}")
         if self.variational_lr is not None and self.variational_lr <= 0:
