@@ -28,6 +28,12 @@ stopped; ``scalabl bench CONFIG --archive`` copies the finished cells of ``out``
 cell whose source finished only in the archive re-runs the source first (same config and seed: the
 same adapter) to get its weights.
 
+``"models"`` (optional) makes the file one grid per model: each entry names overrides of ``base``
+and of single methods, merged key by key (``{"qwen": {"base": {"model": "Qwen/Qwen2.5-7B", "train":
+{"batch_size": 2}}, "methods": {"scalabl": {"train": {"kl_lr": 0.2}}}}}``); model NAME's grid is in
+``out/NAME`` (and ``archive/NAME``) with its own tables (:meth:`BenchConfig.for_model`;
+``scalabl bench CONFIG --models A,B`` runs some of them). benchmarks/suite/paper.json is one.
+
 Several processes can share a grid: start each with ``--share`` (each claims the next free group of
 a root method's cell and its post-hoc cells through a file under ``out/claims``) or with ``--shard
 I/N`` (a fixed round-robin part each).

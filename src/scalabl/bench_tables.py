@@ -37,6 +37,7 @@ class TabulatedGrid(Protocol):
 
     def finished_dir(self, label: str, task: str, seed: int) -> Path | None: ...
 
+
 # what write_tables leaves under ``out``: archived beside the cells, so the committed tables match them
 TABLE_FILES = ("summary.md", "results.json", "tables/*", "reliability_*.png", "selective_*.png")
 
