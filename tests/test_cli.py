@@ -422,6 +422,8 @@ def test_train_with_the_memory_options(tmp_path):
     )
     m = json.loads((out / "metrics.json").read_text())
     assert m["processes"] == 1 and 0.0 <= m["eval"]["S=2"]["acc"] <= 1.0
+    # a 4-bit base on the CPU gets no validation curve (an eval-mode pass would repack its weights)
+    assert not any("val_nll" in json.loads(line) for line in (out / "history.jsonl").read_text().splitlines())
     assert run([*train_argv(model_dir, tmp_path / "bad", "mle"), "--device", "cuda:0"]) == (
         0 if __import__("torch").cuda.is_available() else 2
     )

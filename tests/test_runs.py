@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from scalabl.config import RunConfig, TrainConfig
 from scalabl.methods import MethodConfig
-from scalabl.run_folder import RUN_FILES
+from scalabl.run_folder import RUN_FILES, RunFolder
 from scalabl.runs import load_run, train_run
 from scalabl.tables import comparison_table
 
@@ -137,3 +137,32 @@ def test_same_config_and_seed_give_identical_metrics(tmp_path):
         assert a == b
     la, lb = (load_file(str(tmp_path / d / "predictions.safetensors")) for d in ("a", "b"))
     assert all(torch.equal(la[k], lb[k]) for k in la)
+
+
+def test_eval_split_validation_scores_the_validation_questions(tmp_path):
+    """Settings are chosen on validation: the run scores the validation split, and says so."""
+    from scalabl.choices import EvalSplit
+
+    model_dir = save_tiny_model(tmp_path / "tiny")
+    config = RunConfig(
+        model=str(model_dir),
+        max_train=6,
+        n_validation=5,
+        eval_split=EvalSplit.VALIDATION,
+        n_samples=(0,),
+        method=MethodConfig(method="mle", rank=2),
+        train=TrainConfig(steps=1, batch_size=2),
+    )
+    metrics = train_run(config, tmp_path / "run", progress=False)
+    assert metrics["n_test"] == 5 and metrics["eval_split"] == "validation"
+    labels = load_file(str(tmp_path / "run" / "predictions.safetensors"))["labels"]
+    assert labels.tolist() == [e.label for e in config.splits().validation]
+    assert "validation n = 5" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_a_run_logs_its_validation_curve(run_dir):
+    """By default 32 validation questions are scored four times over the run (steps 2: at 1 and 2)."""
+    _, out, _ = run_dir
+    history = RunFolder(out).history()
+    assert [h["step"] for h in history if "val_nll" in h] == [1, 2]
+    assert all(h["val_nll"] > 0 and 0 <= h["val_acc"] <= 1 for h in history if "val_nll" in h)

@@ -6,12 +6,13 @@ import logging
 
 import pytest
 import torch
-from conftest import make_tiny_llama
+from conftest import make_byte_tokenizer, make_tiny_llama
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from torch import nn
 from transformers import PreTrainedTokenizerFast
 
 from scalabl.bayesian import bayesian_modules, clear_noise, draw_noise, lora_layers, sampling
+from scalabl.config import RunConfig
 from scalabl.examples import Example
 from scalabl.methods import MethodConfig
 from scalabl.methods.scalabl import ScalaBL
@@ -74,7 +75,7 @@ def naive_choice_score(model: nn.Module, prompt: list[int], choice: list[int]) -
     return logp[positions, torch.tensor(choice)].sum()
 
 
-def naive_continuation(model, tokenizer, examples, *, noise_rows=None, length_norm=False) -> torch.Tensor:
+def naive_continuation(model, tokenizer, examples, *, noise_rows=None, length_norm="none") -> torch.Tensor:
     c_max = max(len(e.choices) for e in examples)
     out = torch.full((len(examples), c_max), float("-inf"))
     for i, e in enumerate(examples):
@@ -85,7 +86,8 @@ def naive_continuation(model, tokenizer, examples, *, noise_rows=None, length_no
         for c, text in enumerate(e.choices):
             choice = tokenizer.encode(" " + text, add_special_tokens=False)
             score = naive_choice_score(model, prompt, choice)
-            out[i, c] = score / len(choice) if length_norm else score
+            per = {"none": 1, "tokens": len(choice), "chars": len(" " + text)}[length_norm]
+            out[i, c] = score / per
     return out
 
 
@@ -160,20 +162,37 @@ def test_reused_prompt_equals_full_rows_under_the_same_sample(tokenizer):
     torch.testing.assert_close(fast, full, atol=ATOL, rtol=0)
 
 
+# a choice of 2 characters in 3 byte tokens ("é" is two bytes): tokens and characters differ
+ACCENTED = Example(id="accent", question="Which?", choices=("é", "ab", "cde"), label=0)
+
+
 @pytest.mark.parametrize("reuse_prompt", [True, False])
-def test_continuation_length_norm(model, tokenizer, reuse_prompt):
+@pytest.mark.parametrize("length_norm", ["tokens", "chars"])
+def test_continuation_length_norm(model, tokenizer, reuse_prompt, length_norm):
+    examples = [*EXAMPLES, ACCENTED]
     with torch.no_grad():
-        raw = Scorer(tokenizer, reuse_prompt=reuse_prompt).class_logits(model, EXAMPLES, sample=False)
-        normed = Scorer(tokenizer, length_norm=True, reuse_prompt=reuse_prompt).class_logits(
-            model, EXAMPLES, sample=False
+        raw = Scorer(tokenizer, reuse_prompt=reuse_prompt).class_logits(model, examples, sample=False)
+        normed = Scorer(tokenizer, length_norm=length_norm, reuse_prompt=reuse_prompt).class_logits(
+            model, examples, sample=False
         )
         with sampling(model, False):
-            expected = naive_continuation(model, tokenizer, EXAMPLES, length_norm=True)
+            expected = naive_continuation(model, tokenizer, examples, length_norm=length_norm)
     torch.testing.assert_close(normed, expected, atol=ATOL, rtol=0)
-    for i, e in enumerate(EXAMPLES):
+    for i, e in enumerate(examples):
         for c, text in enumerate(e.choices):
             n_tokens = len(tokenizer.encode(" " + text, add_special_tokens=False))
-            torch.testing.assert_close(normed[i, c], raw[i, c] / n_tokens)
+            per = n_tokens if length_norm == "tokens" else len(" " + text)
+            torch.testing.assert_close(normed[i, c], raw[i, c] / per)
+    assert len(tokenizer.encode(" é", add_special_tokens=False)) == 3 and len(" é") == 2
+
+
+def test_length_norm_reads_the_earlier_boolean():
+    """Configs and saved adapters written when the option was a boolean: True meant the token mean."""
+    assert Scorer(make_byte_tokenizer(), length_norm=True).length_norm == "tokens"
+    assert Scorer(make_byte_tokenizer(), length_norm=False).length_norm == "none"
+    assert RunConfig.from_dict({"length_norm": True}).length_norm == "tokens"
+    with pytest.raises(ValueError, match=r"length_norm: 'mean' not in \('none', 'tokens', 'chars'\)"):
+        RunConfig(length_norm="mean")
 
 
 def test_single_token_choices_skip_the_choice_pass():

@@ -267,6 +267,48 @@ def test_adam_eps_reaches_the_optimiser():
         TrainConfig(adam_eps=0)
 
 
+@pytest.mark.parametrize("method", ["scalabl", "mcdropout", "ensemble"])
+def test_the_validation_curve_leaves_training_as_it_was(method):
+    """Scoring held-out questions during training draws nothing random: the adapter and the training
+    records are those of a run without the curve, which only adds val_nll / val_acc to the logs."""
+    train, held_out = toy_examples(8), toy_examples(6, seed=5)
+    kw = {"ensemble_size": 2} if method == "ensemble" else {}
+    runs = {}
+    for size in (0, 4):
+        blora = wrap(method, **kw)
+        config = TrainConfig(steps=6, batch_size=4, lr=1e-2, log_every=2, val_size=size, val_every=3)
+        blora.fit(train, config, validation=held_out, progress=False)
+        runs[size] = (blora.method.adapter_state(blora.model), blora.history)
+    (plain, plain_history), (curved, curved_history) = runs[0], runs[4]
+    assert plain.keys() == curved.keys() and all(torch.equal(plain[k], curved[k]) for k in plain)
+    assert [{k: v for k, v in h.items() if not k.startswith("val_")} for h in comparable(curved_history)] == (
+        comparable(plain_history)
+    )
+    member0 = [h for h in curved_history if h.get("member", 0) == 0]
+    assert [h["step"] for h in member0 if "val_nll" in h] == [4, 6]  # validated at 3 and 6, logged next
+    assert all("val_nll" not in h for h in plain_history)
+
+
+def test_the_validation_scores_are_the_posterior_means():
+    blora = wrap("scalabl")
+    held_out = toy_examples(5, seed=5)
+    blora.fit(toy_examples(8), steps=2, batch_size=4, val_size=5, validation=held_out, progress=False)
+    last = blora.history[-1]
+    log_probs = blora.predict_log_proba(held_out, n_samples=0)
+    labels = torch.tensor([e.label for e in held_out])
+    expected_nll = -log_probs[torch.arange(5), labels].mean().item()
+    assert last["val_nll"] == pytest.approx(expected_nll, abs=1e-5)
+    assert last["val_acc"] == pytest.approx((log_probs.argmax(-1) == labels).double().mean().item())
+
+
+def test_validation_interval_defaults_to_four_over_the_run():
+    assert TrainConfig(steps=100).validation_interval == 25
+    assert TrainConfig(steps=3).validation_interval == 1
+    assert TrainConfig(steps=100, val_every=7).validation_interval == 7
+    with pytest.raises(ValueError, match="val_size"):
+        TrainConfig(val_size=-1)
+
+
 # ---- validation ----------------------------------------------------------------------------------
 def test_empty_training_set_raises():
     blora = wrap("mle")

@@ -26,7 +26,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from scalabl import __version__
 from scalabl.bayesian import lora_layers
 from scalabl.calibration import apply_temperature, fit_temperature
-from scalabl.choices import MethodName, Scoring, Truncation
+from scalabl.choices import LengthNorm, MethodName, Scoring, Truncation
 from scalabl.config import MethodConfig, PredictConfig, TrainConfig
 from scalabl.config.predict import DEFAULT_N_SAMPLES
 from scalabl.examples import Example
@@ -68,7 +68,8 @@ class BayesianLoRA:
         tokenizer: its tokenizer.
         config: the method and adapter settings.
         scoring: ``"continuation"`` or ``"letter"`` (see :mod:`scalabl.scoring`).
-        length_norm: continuation scoring by mean rather than summed token log-likelihood.
+        length_norm: continuation scores summed (``"none"``) or divided by the choice's tokens
+            (``"tokens"``) or characters (``"chars"``); see :mod:`scalabl.scoring`.
         truncation: a prompt longer than the context is cut from the left with a warning
             (``"left"``) or refused (``"error"``).
         max_length: tokens of a prompt and its longest answer at most (default: the tokenizer's
@@ -86,7 +87,7 @@ class BayesianLoRA:
         config: MethodConfig | None = None,
         *,
         scoring: str = Scoring.CONTINUATION,
-        length_norm: bool = False,
+        length_norm: str = LengthNorm.NONE,
         truncation: str = Truncation.LEFT,
         max_length: int | None = None,
         seed: int = 0,
@@ -154,9 +155,13 @@ class BayesianLoRA:
         resume: bool = False,
         progress: bool = True,
         on_log: Callable[[dict[str, Any]], None] | None = None,
+        validation: Sequence[Example] = (),
         **overrides: Any,
     ) -> list[dict[str, Any]]:
         """Train the adapter; keyword overrides (``steps=200``) replace fields of ``config``.
+
+        ``validation``: its first ``config.val_size`` questions are scored during training, and the
+        history's records carry ``val_nll`` / ``val_acc`` (the validation curve).
 
         ``on_log`` receives each logged record (step, nll, kl, sigma, ...) as training goes. With
         ``checkpoint_dir`` the run is checkpointed every ``config.checkpoint_every`` steps and at the
@@ -172,6 +177,7 @@ class BayesianLoRA:
             resume=resume,
             progress=progress,
             on_log=on_log,
+            validation=validation,
         )
         return self.history
 
@@ -312,7 +318,7 @@ class BayesianLoRA:
             tokenizer,
             MethodConfig.from_dict(meta["method"]),
             scoring=meta.get("scoring", "continuation"),
-            length_norm=meta.get("length_norm", False),
+            length_norm=meta.get("length_norm", LengthNorm.NONE),
             truncation=meta.get("truncation", "left"),
             max_length=meta.get("max_length"),
         )

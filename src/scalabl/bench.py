@@ -62,6 +62,7 @@ from tqdm.auto import tqdm
 
 from scalabl.api import ADAPTER_FILE
 from scalabl.bench_tables import TABLE_FILES, write_tables
+from scalabl.choices import LengthNorm
 from scalabl.config import RunConfig
 from scalabl.config.fields import check_fields
 from scalabl.io import atomic_path, claim, output_folder
@@ -92,7 +93,10 @@ HASH_OMIT_AT_DEFAULT: dict[str, Any] = {
     "sample_modules": "all",
     "fsdp": False,
     "max_length": None,
+    "eval_split": "test",
     "train.adam_eps": 1e-8,
+    "train.val_size": 32,
+    "train.val_every": 0,
 }
 
 
@@ -289,6 +293,9 @@ def cell_digest(run: RunConfig) -> str:
     method = METHODS[run.method.method](run.method)
     config["method"]["sigma_init"] = method.sigma_init
     config["train"]["variational_lr"] = method.train_config(run.train).variational_lr
+    # length_norm was a boolean when most cells were run: none and tokens hash as False and True
+    legacy = {LengthNorm.NONE: False, LengthNorm.TOKENS: True}
+    config["length_norm"] = legacy.get(run.length_norm, config["length_norm"])
     if run.method.target_modules is None:  # the architecture's defaults, as the run resolves them
         config["method"]["target_modules"] = list(default_targets_for(run.model))
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]

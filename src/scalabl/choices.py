@@ -62,6 +62,27 @@ class Scoring(Choice):
     LETTER = "letter"
 
 
+class LengthNorm(Choice):
+    """How a continuation's log-likelihood is normalised: not at all (the sum), by its tokens (the
+    mean), or by its characters (lm-eval-harness's ``acc_norm``)."""
+
+    NONE = "none"
+    TOKENS = "tokens"
+    CHARS = "chars"
+
+    @classmethod
+    def parse(cls, value: object, field: str) -> Choice:
+        # configs written before this option was a choice hold a boolean: True was the token mean
+        if isinstance(value, bool):
+            return cls.TOKENS if value else cls.NONE
+        return super().parse(value, field)
+
+
+class EvalSplit(Choice):
+    TEST = "test"
+    VALIDATION = "validation"  # for choosing settings without looking at the test split
+
+
 class Recipe(Choice):
     ELBO = "elbo"
     BLOB = "blob"

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from scalabl import distributed
 from scalabl.api import BayesianLoRA, Prediction
+from scalabl.choices import EvalSplit
 from scalabl.config import PredictConfig, RunConfig
 from scalabl.data import load_splits
 from scalabl.examples import Example
@@ -54,7 +55,8 @@ def evaluate_model(
     in-distribution test questions (positive) from its questions by max probability and by
     predictive entropy.
     """
-    test = config.splits().test
+    splits = config.splits()
+    test = splits.validation if config.eval_split == EvalSplit.VALIDATION else splits.test
     if config.max_test:
         test = test[: config.max_test]
     labels = torch.tensor([e.label for e in test])

@@ -28,15 +28,20 @@ def write_run_report(run_dir: str | Path) -> None:
     folder = RunFolder(run_dir)
     m = folder.read_metrics()
     name = m["method"]
+    split = m.get("eval_split", "test")
     curves = {f"{name} S={s}": folder.predictions(s) for s, _ in evaluations(m["eval"])}
     plot_reliability(
-        curves, folder / "reliability.png", title=f"{name} on {m['task']} (test, n={m['n_test']})"
+        curves, folder / "reliability.png", title=f"{name} on {m['task']} ({split}, n={m['n_test']})"
     )
-    plot_risk_coverage(curves, folder / "selective.png", title=f"selective prediction, {m['task']} test")
+    plot_risk_coverage(curves, folder / "selective.png", title=f"selective prediction, {m['task']} {split}")
     history = folder.history()
     if history:
         plot_keys = ("nll", "sigma_over_mu") if any("sigma" in h for h in history) else ("nll",)
-        plot_training_curves({name: history}, folder / "training.png", keys=plot_keys)
+        curves = {f"{name} train": history}
+        held_out = [{"step": h["step"], "nll": h["val_nll"]} for h in history if "val_nll" in h]
+        if held_out:  # the validation NLL on the same panel: overfitting is where they part
+            curves[f"{name} validation"] = held_out
+        plot_training_curves(curves, folder / "training.png", keys=plot_keys)
         training = ["![training](training.png)", ""]
         if any(h.get("modules") for h in history):
             plot_posterior_modules(history, folder / "posterior_modules.png")
@@ -48,7 +53,7 @@ def write_run_report(run_dir: str | Path) -> None:
         f"# {name} on {m['task']}",
         "",
         f"Model `{m['model']}`, {m['n_train']} training examples, {m['train_steps']} steps, "
-        f"test n = {m['n_test']}. LoRA parameters {m['lora_parameters']:,}; "
+        f"{split} n = {m['n_test']}. LoRA parameters {m['lora_parameters']:,}; "
         f"extra parameters over LoRA {m['extra_parameters']:,}.",
         "",
         comparison_table({name: m}),

@@ -33,6 +33,7 @@ def _run_facts(config: RunConfig, blora: BayesianLoRA, n_train: int) -> dict[str
         "train_steps": 0 if config.from_run else config.train.steps,
         "from_run": config.from_run,
         "processes": distributed.world(),  # data-parallel processes (1: a plain run)
+        "eval_split": config.eval_split.value,  # what n_test counts: the test split, or validation
     }
 
 
@@ -109,6 +110,7 @@ def _train_and_evaluate(
             resume=resume,
             progress=progress,
             on_log=folder.append_history,
+            validation=splits.validation,
         )
         # Rewritten whole: after a kill the file may hold lines past the checkpoint it resumed from.
         folder.write_history(blora.history)

@@ -3,7 +3,8 @@
 Two scoring modes:
 
 * ``continuation``: the logit of choice c is the summed log-likelihood of its text after the
-  prompt (``length_norm=True``: the mean per token). The prompt runs **once** per example; its
+  prompt, divided by its number of tokens (``length_norm="tokens"``) or of characters (``"chars"``,
+  the continuation ``" " + choice`` as lm-eval-harness's ``acc_norm`` counts it), or not (``"none"``). The prompt runs **once** per example; its
   key/value cache is re-indexed to one row per choice and only the choice tokens run after it.
 * ``letter``: the prompt lists the choices as ``A. ...``; the logits are the next-token logits
   restricted to the letter tokens.
@@ -31,7 +32,7 @@ from transformers import PreTrainedTokenizerBase
 
 from scalabl.architectures import output_logits
 from scalabl.bayesian import base_model, bayesian_modules, clear_noise, draw_noise, sampling, select_noise
-from scalabl.choices import Scoring, Truncation
+from scalabl.choices import LengthNorm, Scoring, Truncation
 from scalabl.examples import Example
 from scalabl.subset import (
     Branch,
@@ -73,6 +74,7 @@ class Encoded:
     prompt: list[int]
     choices: list[list[int]]  # continuation: token ids of each choice; letter: empty
     n_choices: int
+    chars: tuple[int, ...] = ()  # continuation: characters of each scored continuation " " + choice
 
 
 class Scorer:
@@ -83,7 +85,7 @@ class Scorer:
         tokenizer: PreTrainedTokenizerBase,
         mode: str = Scoring.CONTINUATION,
         *,
-        length_norm: bool = False,
+        length_norm: str | bool = LengthNorm.NONE,
         max_length: int | None = None,
         truncation: str = Truncation.LEFT,
         reuse_prompt: bool = True,
@@ -92,7 +94,7 @@ class Scorer:
         self.truncation = Truncation.parse(truncation, "truncation")
         self.reuse_prompt = reuse_prompt
         self.tokenizer = tokenizer
-        self.length_norm = length_norm
+        self.length_norm = LengthNorm.parse(length_norm, "length_norm")
         self.max_length = max_length or getattr(tokenizer, "model_max_length", None) or 2048
         if self.max_length > 1_000_000:  # tokenizers without a limit report a huge sentinel
             self.max_length = 2048
@@ -152,7 +154,8 @@ class Scorer:
                 self.max_length,
             )
             prompt = prompt[-budget:]
-        enc = Encoded(prompt, choices, len(example.choices))
+        chars = tuple(len(" " + c) for c in example.choices) if self.mode == Scoring.CONTINUATION else ()
+        enc = Encoded(prompt, choices, len(example.choices), chars)
         self._cache[example] = enc
         return enc
 
@@ -335,8 +338,11 @@ class Scorer:
     ) -> torch.Tensor:
         """Per-row token log-probs ``[rows, T]`` -> class logits ``[B, C_max]`` (row r is example index[r])."""
         scores = token_lp.masked_fill(~target_mask, 0.0).sum(-1)
-        if self.length_norm:
+        if self.length_norm == LengthNorm.TOKENS:
             scores = scores / target_mask.sum(-1)
+        elif self.length_norm == LengthNorm.CHARS:
+            chars = torch.tensor([n for e in encoded for n in e.chars], device=scores.device)
+            scores = scores / chars.to(scores.dtype)
         c_max = max(e.n_choices for e in encoded)
         logits = torch.full((len(encoded), c_max), float("-inf"), device=token_lp.device)
         choice_pos = torch.tensor([j for e in encoded for j in range(e.n_choices)], device=token_lp.device)

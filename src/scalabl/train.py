@@ -14,7 +14,9 @@ The options are :class:`scalabl.config.TrainConfig`'s.
 
 from __future__ import annotations
 
+import logging
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +36,8 @@ from scalabl.choices import Recipe
 from scalabl.config import TrainConfig
 from scalabl.examples import Example
 from scalabl.scoring import Scorer
+
+log = logging.getLogger(__name__)
 
 
 def blob_kl_weight(step: int, n_train: int, batch_size: int) -> float:
@@ -101,6 +105,7 @@ class LoopState:
     window: list[tuple[float, float, float]] = field(default_factory=list)  # (nll, kl, KL+penalty term)
     elapsed: float = 0.0
     last_checkpoint: int | None = None
+    validated: dict[str, float] = field(default_factory=dict)  # the last validation, for the next log
 
 
 def fit(
@@ -114,8 +119,13 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     on_log: Callable[[dict[str, Any]], None] | None = None,
+    validation: Sequence[Example] = (),
 ) -> list[dict[str, Any]]:
     """Train the adapter of ``model`` on ``train``; returns the logged history (one dict per log).
+
+    The first ``config.val_size`` examples of ``validation`` are scored (posterior mean, no noise,
+    no dropout, no random draw) every ``config.validation_interval`` steps and at the end; the next
+    log record carries ``val_nll`` and ``val_acc``, so overfitting shows beside the training NLL.
 
     The KL of the model's Bayesian modules enters as the recipe says; ``penalty()`` (a negative log
     prior, e.g. MAP's Gaussian prior on the LoRA weights) is added as ``penalty() / N_train``.
@@ -136,6 +146,10 @@ def fit(
     model.train()
     bar = tqdm(range(state.step, config.steps), desc="train", disable=not progress, dynamic_ncols=True)
     t0 = time.perf_counter() - state.elapsed
+    held_out = list(validation[: config.val_size])
+    if held_out and packs_4bit_for_cpu(model):
+        log.warning("no validation curve: a 4-bit base on the CPU would be repacked for inference by it")
+        held_out = []
     for step in bar:
         opt.main.zero_grad(set_to_none=True)
         nll = nll_backward(model, scorer, train, config, state.batches, generator)
@@ -149,6 +163,8 @@ def fit(
             kl_value = kl_step(model, opt.kl, config, step, n_train, schedule)
 
         state.window.append((nll, kl_value, kl_term))
+        if held_out and ((step + 1) % config.validation_interval == 0 or step + 1 == config.steps):
+            state.validated = validation_scores(model, scorer, held_out, config.batch_size)
         if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
             record = log_record(model, state, step, lr, time.perf_counter() - t0)
             if on_log is not None:
@@ -333,7 +349,9 @@ def log_record(model: nn.Module, state: LoopState, step: int, lr: float, seconds
         "loss": nll + term,
         "lr": lr,
         "seconds": seconds,
+        **state.validated,
     }
+    state.validated = {}
     stats = posterior_stats(model)
     if stats:
         for key in ("sigma", "mu", "sigma_over_mu"):
@@ -343,8 +361,37 @@ def log_record(model: nn.Module, state: LoopState, step: int, lr: float, seconds
     return record
 
 
+def packs_4bit_for_cpu(model: nn.Module) -> bool:
+    """Whether the model has bitsandbytes 4-bit layers on the CPU: an eval-mode forward repacks their
+    weights for CPU inference for good, and later training steps then run a kernel without autograd."""
+    bnb = sys.modules.get("bitsandbytes")  # not imported: no such layer can exist
+    if bnb is None:
+        return False
+    return any(isinstance(m, bnb.nn.Linear4bit) and m.weight.device.type == "cpu" for m in model.modules())
+
+
+def validation_scores(
+    model: nn.Module, scorer: Scorer, examples: Sequence[Example], batch_size: int
+) -> dict[str, float]:
+    """Mean NLL and accuracy of the posterior-mean model on ``examples``; draws nothing random, so
+    the training that goes on is the same with or without it."""
+    model.eval()
+    nll, correct = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(examples), 2 * batch_size):
+            batch = examples[i : i + 2 * batch_size]
+            log_probs = torch.log_softmax(scorer.class_logits(model, batch, sample=False).double(), -1)
+            labels = torch.tensor([e.label for e in batch], device=log_probs.device)
+            nll -= log_probs.gather(1, labels[:, None]).sum().item()
+            correct += (log_probs.argmax(-1) == labels).sum().item()
+    model.train()
+    return {"val_nll": nll / len(examples), "val_acc": correct / len(examples)}
+
+
 def progress_fields(record: dict[str, Any], bayesian: bool) -> dict[str, str]:
     shown = {"nll": f"{record['nll']:.3f}"}
+    if "val_nll" in record:
+        shown["val"] = f"{record['val_nll']:.3f}"
     if bayesian:
         shown["kl"] = f"{record['kl']:.1f}"
         if "sigma" in record:

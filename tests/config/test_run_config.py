@@ -65,6 +65,15 @@ def test_run_config_unknown_field_raises(d, name):
         ),
         ({"truncation": "right"}, "truncation"),
         ({"max_validation": 0}, "max_validation"),
+        ({"length_norm": "mean"}, "length_norm"),
+        ({"max_length": 0}, "max_length"),
+        ({"eval_split": "train"}, "eval_split"),
+        (
+            {"eval_split": "validation", "method": MethodConfig(method="temperature")},
+            "eval_split: 'validation'",
+        ),
+        ({"eval_split": "validation", "method": MethodConfig(temperature=True)}, "eval_split: 'validation'"),
+        ({"eval_split": "validation", "ood": ("arc_c",)}, "eval_split: 'validation'"),
     ],
 )
 def test_run_config_validation(kwargs, field):

@@ -10,7 +10,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from scalabl.choices import EMBEDDED_MODEL, DType, MethodName, Quant, Scoring, Source, Truncation
+from scalabl.choices import (
+    EMBEDDED_MODEL,
+    DType,
+    EvalSplit,
+    LengthNorm,
+    MethodName,
+    Quant,
+    Scoring,
+    Source,
+    Truncation,
+)
 from scalabl.config.fields import JSONConfig, check_fields, coerce_choices, option, positive_ints, same_as
 from scalabl.config.method import MethodConfig
 from scalabl.config.predict import PredictConfig, check_sample_count, parse_sample_modules
@@ -20,6 +30,8 @@ from scalabl.data import TASK_HELP, Splits, check_task_name, load_splits
 # methods FSDP runs: trained end to end, no post-hoc fit over a gathered model
 FSDP_METHODS = (MethodName.MLE, MethodName.MAP, MethodName.SCALABL, MethodName.BLOB, MethodName.MCDROPOUT)
 DEVICES = ("cpu", "cuda", "mps", "xpu")
+# methods fitted after training on the validation split
+POST_HOC_METHODS = (MethodName.TFB, MethodName.LAPLACE, MethodName.TEMPERATURE)
 
 
 @dataclass
@@ -47,12 +59,19 @@ class RunConfig(JSONConfig):
         None, "post-hoc fitting (tfb, laplace, temperature) on the first N validation examples", shown="all"
     )
     scoring: Scoring = option(Scoring.CONTINUATION, "how a choice is scored (docs/data.md)")
-    length_norm: bool = option(False, "continuation: mean token log-likelihood instead of the sum")
+    length_norm: LengthNorm = option(
+        LengthNorm.NONE,
+        "continuation: the log-likelihood summed (none), or divided by the choice's tokens or characters",
+    )
     max_length: int | None = option(
         None, "tokens of a prompt and its longest answer at most (see --truncation)", shown="the tokenizer's"
     )
     truncation: Truncation = option(
         Truncation.LEFT, "a prompt longer than the context: cut its start (warn), or refuse"
+    )
+    eval_split: EvalSplit = option(
+        EvalSplit.TEST,
+        "the split a run is evaluated on: test, or validation (to choose settings without touching test)",
     )
     n_samples: tuple[int, ...] = option((10, 0), "comma-separated posterior sample counts to evaluate")
     eval_batch_size: int = same_as(PredictConfig, "batch_size")
@@ -89,6 +108,13 @@ class RunConfig(JSONConfig):
         if self.max_length is not None:
             positive_ints(self, "max_length")
         parse_sample_modules(self.sample_modules)
+        if self.eval_split == EvalSplit.VALIDATION:
+            fits = self.method.method in POST_HOC_METHODS or self.method.temperature or self.from_run
+            if fits or self.ood:
+                raise ValueError(
+                    "eval_split: 'validation' is for runs that do not fit on it (no tfb, laplace, "
+                    "temperature or --from-run) and have no --ood tasks (their test splits)"
+                )
         if self.fsdp and (self.method.method not in FSDP_METHODS or self.from_run):
             raise ValueError(
                 f"fsdp: supported for methods trained end to end ({', '.join(FSDP_METHODS)}), "

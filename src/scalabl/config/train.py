@@ -32,7 +32,11 @@ class TrainConfig(JSONConfig):
     )
     kl_lr: float = option(0.1, "blob: base learning rate of the SGD step on the KL")
     seed: int = option(0, "seed of the adapter init, the data order and the noise")
-    log_every: int = option(10, "steps between training log records")
+    log_every: int = option(10, "steps between training log records (each the mean over its steps)")
+    val_size: int = option(
+        32, "validation questions scored during training for the validation curve (0: no curve)"
+    )
+    val_every: int = option(0, "steps between validation scorings (0: four over the run)")
     checkpoint_every: int = option(50, "steps between checkpoints (0: only at the end)")
 
     def __post_init__(self) -> None:
@@ -46,7 +50,15 @@ class TrainConfig(JSONConfig):
         for name in ("warmup_ratio", "kl_warmup_ratio"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name}: must be in [0, 1], got {getattr(self, name)!r}")
+        for name in ("val_size", "val_every"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ValueError(f"{name}: must be an integer >= 0, got {getattr(self, name)!r}")
         if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every: must be an integer >= 0, got {self.checkpoint_every!r}")
         if self.weight_decay < 0 or self.kl_weight < 0:
             raise ValueError("weight_decay and kl_weight must be >= 0")
+
+    @property
+    def validation_interval(self) -> int:
+        """Steps between validation scorings (``val_every``, or four over the run)."""
+        return self.val_every or max(1, self.steps // 4)

@@ -140,6 +140,7 @@ class Method(ABC):
         resume: bool = False,
         progress: bool = True,
         on_log: Callable[[dict[str, Any]], None] | None = None,
+        validation: Sequence[Example] = (),
     ) -> list[dict[str, Any]]:
         """Train the adapter with the shared loop (checkpointed into ``checkpoint_dir``); returns its history."""
         return fit(
@@ -152,6 +153,7 @@ class Method(ABC):
             resume=resume,
             progress=progress,
             on_log=on_log,
+            validation=validation,
         )
 
     # ---- 3. post hoc ------------------------------------------------------------------------------

@@ -58,6 +58,7 @@ class Ensemble(Method):
         resume: bool = False,
         progress: bool = True,
         on_log: Callable[[dict[str, Any]], None] | None = None,
+        validation: Sequence[Example] = (),
     ) -> list[dict[str, Any]]:
         """Train member k with seed ``config.seed + k``; history records carry ``member``.
 
@@ -82,6 +83,7 @@ class Ensemble(Method):
                 resume=resume,
                 progress=progress,
                 on_log=tagged,
+                validation=validation,
             )
         model.set_adapter(self.members[0])
         return history
