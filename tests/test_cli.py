@@ -499,3 +499,22 @@ def test_bench_refuses_an_out_folder_holding_other_files(tmp_path, capsys):
         assert run(["bench", str(config), "--quiet", *extra]) == 2
         assert "thesis.tex" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["thesis.tex"]
+
+
+def test_the_optional_kernel_notices_are_filtered_without_quant():
+    """bitsandbytes (at import) and kernels (offline) log a notice about an optional CPU kernel package
+    that only a --quant run uses; other records of those loggers pass."""
+    import argparse
+    import logging
+
+    from scalabl.cli import _no_kernels_notice, quiet_upstream_noise
+
+    quiet_upstream_noise(argparse.Namespace(verbose=False))
+    for name in ("bitsandbytes.backends.cpu.ops", "kernels._internals.hf_hub"):
+        logger = logging.getLogger(name)
+        assert _no_kernels_notice in logger.filters
+        notice = logger.makeRecord(
+            name, logging.WARNING, "x", 1, "trust check for 'kernels-community/q'", (), None
+        )
+        other = logger.makeRecord(name, logging.WARNING, "x", 1, "something else", (), None)
+        assert not logger.filter(notice) and logger.filter(other)

@@ -299,10 +299,12 @@ def quiet_upstream_noise(args: argparse.Namespace) -> None:
     )
     if getattr(args, dest(RunConfig, "quant"), None) is None:
         # peft imports bitsandbytes whenever it is installed; bitsandbytes then warns at import about an
-        # optional CPU kernel package, which only matters for a quantised base (--quant).
-        logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
-        if _no_kernels_notice not in logger.filters:
-            logger.addFilter(_no_kernels_notice)
+        # optional CPU kernel package, which only matters for a quantised base (--quant); offline, the
+        # kernels package says it skips that package's trust check.
+        for name in ("bitsandbytes.backends.cpu.ops", "kernels._internals.hf_hub"):
+            logger = logging.getLogger(name)
+            if _no_kernels_notice not in logger.filters:
+                logger.addFilter(_no_kernels_notice)
 
 
 def main(argv: list[str] | None = None) -> int:
