@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from conftest import make_byte_tokenizer, make_tiny_llama
 from conftest import toy_examples as shared_toy_examples
 
 from scalabl.api import ADAPTER_CONFIG_FILE, ADAPTER_FILE, BayesianLoRA
+from scalabl.config import PredictConfig
 from scalabl.examples import Example
 from scalabl.methods import MethodConfig
 
@@ -264,3 +266,25 @@ def test_half_precision_base_keeps_the_posterior_in_float32(dtype):
     assert {p.dtype for p in variational_parameters(blora.model)} == {torch.float32}
     probs = blora.predict_proba(examples, n_samples=2)
     assert probs.dtype == torch.float64 and torch.isfinite(probs).all()
+
+
+def test_a_run_of_the_same_method_seeds_a_temperature_on_top(tmp_path):
+    """from_run with a run of this very method and settings: its adapter (posterior included) is taken
+    whole and nothing is trained; calibrate fits only the temperature."""
+    train, validation, test = (shared_toy_examples(n, seed=k) for n, k in ((8, 0), (6, 1), (5, 2)))
+    config = MethodConfig(method="scalabl", rank=4)
+    source = BayesianLoRA(make_tiny_llama(), make_byte_tokenizer(), config, seed=0)
+    source.fit(train, steps=3, batch_size=4, lr=1e-2, progress=False)
+    source.save(tmp_path / "scalabl")
+    on_top = BayesianLoRA(make_tiny_llama(), make_byte_tokenizer(), replace(config, temperature=True), seed=1)
+    on_top.init_from(tmp_path / "scalabl")
+    for s in (0, 3):
+        assert torch.equal(
+            on_top.predict_log_proba(test, n_samples=s, seed=2),
+            source.predict_log_proba(test, n_samples=s, seed=2),
+        )
+    on_top.calibrate(validation, config=PredictConfig(n_samples=3, seed=0))
+    assert on_top.temperature is not None and on_top.temperature > 0
+    other = BayesianLoRA(make_tiny_llama(), make_byte_tokenizer(), replace(config, sigma_init=0.2), seed=0)
+    with pytest.raises(ValueError, match="cannot seed another method"):
+        other.init_from(tmp_path / "scalabl")

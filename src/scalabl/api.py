@@ -278,18 +278,24 @@ class BayesianLoRA:
         )
 
     def init_from(self, folder: str | Path) -> None:
-        """Start from another run's trained plain-LoRA adapter (e.g. an ``mle`` run): post-hoc methods
-        (``tfb``, ``laplace``, ``temperature``) then skip training. Rank and target modules must match.
+        """Start from another run's trained adapter and skip training: a plain-LoRA adapter (an ``mle``
+        run) for the post-hoc methods (``tfb``, ``laplace``, ``temperature``; rank and target modules
+        must match), or a run of this very method and settings, whose adapter (posterior included) is
+        taken whole, so that only what ``calibrate`` fits is new (a temperature on top).
         """
         folder = Path(folder)
         cfg_path, adapter_path = folder / ADAPTER_CONFIG_FILE, folder / ADAPTER_FILE
         if not cfg_path.is_file() or not adapter_path.is_file():
             raise FileNotFoundError(f"{folder}: no saved adapter ({ADAPTER_CONFIG_FILE} and {ADAPTER_FILE})")
         source = MethodConfig.from_dict(json.loads(cfg_path.read_text())["method"])
+        if replace(source, temperature=False) == replace(self.config, temperature=False):
+            state = read_safetensors(adapter_path)
+            self.method.load_adapter_state(self.model, state, str(adapter_path))
+            return
         if source.method not in PLAIN_LORA_METHODS:
             raise ValueError(
-                f"{folder}: a {source.method!r} adapter cannot seed another method; "
-                f"allowed: {', '.join(PLAIN_LORA_METHODS)}"
+                f"{folder}: a {source.method!r} adapter cannot seed another method (only a run of the "
+                f"same method and settings can); allowed sources: {', '.join(PLAIN_LORA_METHODS)}"
             )
         for name in ("rank", "alpha", "target_modules"):
             if getattr(source, name) != getattr(self.config, name):

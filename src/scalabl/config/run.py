@@ -81,7 +81,8 @@ class RunConfig(JSONConfig):
     )
     from_run: str | None = option(
         None,
-        "start from this mle/map run's adapter and skip training (tfb, laplace, temperature)",
+        "start from this run's adapter and skip training: an mle/map run (tfb, laplace, temperature), "
+        "or a run of the same method and settings (e.g. to fit --temperature on top)",
         shown="none",
     )
     method: MethodConfig = option(default_factory=MethodConfig, cli=False)
