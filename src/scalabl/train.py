@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from scalabl.checkpoint import CHECKPOINT_FILE, read_checkpoint, restore_checkpo
 from scalabl.choices import Recipe
 from scalabl.config import TrainConfig
 from scalabl.examples import Example
+from scalabl.held_out import packs_4bit_for_cpu, validation_scores
 from scalabl.scoring import Scorer
 
 log = logging.getLogger(__name__)
@@ -359,33 +359,6 @@ def log_record(model: nn.Module, state: LoopState, step: int, lr: float, seconds
         record["modules"] = stats
     state.history.append(record)
     return record
-
-
-def packs_4bit_for_cpu(model: nn.Module) -> bool:
-    """Whether the model has bitsandbytes 4-bit layers on the CPU: an eval-mode forward repacks their
-    weights for CPU inference for good, and later training steps then run a kernel without autograd."""
-    bnb = sys.modules.get("bitsandbytes")  # not imported: no such layer can exist
-    if bnb is None:
-        return False
-    return any(isinstance(m, bnb.nn.Linear4bit) and m.weight.device.type == "cpu" for m in model.modules())
-
-
-def validation_scores(
-    model: nn.Module, scorer: Scorer, examples: Sequence[Example], batch_size: int
-) -> dict[str, float]:
-    """Mean NLL and accuracy of the posterior-mean model on ``examples``; draws nothing random, so
-    the training that goes on is the same with or without it."""
-    model.eval()
-    nll, correct = 0.0, 0
-    with torch.no_grad():
-        for i in range(0, len(examples), 2 * batch_size):
-            batch = examples[i : i + 2 * batch_size]
-            log_probs = torch.log_softmax(scorer.class_logits(model, batch, sample=False).double(), -1)
-            labels = torch.tensor([e.label for e in batch], device=log_probs.device)
-            nll -= log_probs.gather(1, labels[:, None]).sum().item()
-            correct += (log_probs.argmax(-1) == labels).sum().item()
-    model.train()
-    return {"val_nll": nll / len(examples), "val_acc": correct / len(examples)}
 
 
 def progress_fields(record: dict[str, Any], bayesian: bool) -> dict[str, str]:

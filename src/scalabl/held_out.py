@@ -1,0 +1,40 @@
+"""The validation curve: held-out questions scored while training goes on (:func:`scalabl.train.fit`),
+so that overfitting shows beside the training NLL in history.jsonl and training.png."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from scalabl.examples import Example
+from scalabl.scoring import Scorer
+
+
+def packs_4bit_for_cpu(model: nn.Module) -> bool:
+    """Whether the model has bitsandbytes 4-bit layers on the CPU: an eval-mode forward repacks their
+    weights for CPU inference for good, and later training steps then run a kernel without autograd."""
+    bnb = sys.modules.get("bitsandbytes")  # not imported: no such layer can exist
+    if bnb is None:
+        return False
+    return any(isinstance(m, bnb.nn.Linear4bit) and m.weight.device.type == "cpu" for m in model.modules())
+
+
+def validation_scores(
+    model: nn.Module, scorer: Scorer, examples: Sequence[Example], batch_size: int
+) -> dict[str, float]:
+    """Mean NLL and accuracy of the posterior-mean model on ``examples``; draws nothing random, so
+    the training that goes on is the same with or without it."""
+    model.eval()
+    nll, correct = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(examples), 2 * batch_size):
+            batch = examples[i : i + 2 * batch_size]
+            log_probs = torch.log_softmax(scorer.class_logits(model, batch, sample=False).double(), -1)
+            labels = torch.tensor([e.label for e in batch], device=log_probs.device)
+            nll -= log_probs.gather(1, labels[:, None]).sum().item()
+            correct += (log_probs.argmax(-1) == labels).sum().item()
+    model.train()
+    return {"val_nll": nll / len(examples), "val_acc": correct / len(examples)}
