@@ -46,6 +46,7 @@ RESULTS = Path(__file__).parent / "results"
 ARCHIVE = RESULTS / "calibration_study"
 SEEDS = [0, 1, 2]
 BASE: dict[str, Any] = {
+    "length_norm": "none",  # the cells were run with summed scores, the default then
     "max_test": 100,
     "max_validation": 100,  # temperature is fitted on these validation questions
     "n_samples": [4],
@@ -98,7 +99,7 @@ BUDGET_LEVERS: dict[str, list[tuple[str, dict[str, dict[str, Any]]]]] = {
         ),
     ],
     "scoring": [
-        ("length_norm", {"run": {"length_norm": True}}),
+        ("length_norm", {"run": {"length_norm": "tokens"}}),
         ("letter", {"run": {"scoring": "letter"}}),
     ],
     "steps and data": [

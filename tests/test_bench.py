@@ -201,7 +201,13 @@ def test_cell_hashes_survive_new_run_options_at_their_defaults(tmp_path):
         methods={"mle": {}},
         seeds=[0],
         out=str(tmp_path),
-        base={"max_test": 100, "max_validation": 50, "n_samples": [4], "train": {"steps": 40}},
+        base={
+            "max_test": 100,
+            "max_validation": 50,
+            "n_samples": [4],
+            "train": {"steps": 40},
+            "length_norm": "none",
+        },
     )
     assert config.cell_dir("mle", "arc_easy", 0).name == PINNED_HASH
 
@@ -302,7 +308,13 @@ def test_tables_only_regenerates_the_committed_tables_byte_for_byte(grid, tmp_pa
 def test_a_new_section_field_at_its_default_keeps_the_hash(tmp_path):
     """train.adam_eps and max_length joined the run config after the cells: at their defaults they
     are left out of the hash, changed they move the cell."""
-    base = {"max_test": 100, "max_validation": 50, "n_samples": [4], "train": {"steps": 40}}
+    base = {
+        "max_test": 100,
+        "max_validation": 50,
+        "n_samples": [4],
+        "train": {"steps": 40},
+        "length_norm": "none",
+    }
 
     def name(**changes) -> str:
         config = BenchConfig(tasks=["arc_easy"], methods={"mle": {}}, seeds=[0], out=str(tmp_path),
@@ -311,6 +323,10 @@ def test_a_new_section_field_at_its_default_keeps_the_hash(tmp_path):
 
     assert name(train={"adam_eps": 1e-8}) == name(max_length=None) == PINNED_HASH
     assert name(train={"adam_eps": 1e-6}) != PINNED_HASH and name(max_length=300) != PINNED_HASH
+    # length_norm was a boolean: "none" and "tokens" hash as the False and True the cells were run with
+    assert name(length_norm=False) == PINNED_HASH
+    assert name(length_norm="tokens") == name(length_norm=True) != PINNED_HASH
+    assert name(length_norm="chars") not in (PINNED_HASH, name(length_norm=True))
 
 
 def test_default_targets_hash_as_the_targets_they_resolve_to(tmp_path):
@@ -320,7 +336,7 @@ def test_default_targets_hash_as_the_targets_they_resolve_to(tmp_path):
     def name(method: dict) -> str:
         config = BenchConfig(tasks=["arc_easy"], methods={"mle": {}}, seeds=[0], out=str(tmp_path),
                              base={"max_test": 100, "max_validation": 50, "n_samples": [4],
-                                   "train": {"steps": 40}, "method": method})  # fmt: skip
+                                   "train": {"steps": 40}, "method": method, "length_norm": "none"})  # fmt: skip
         return config.cell_dir("mle", "arc_easy", 0).name
 
     assert name({}) == name({"target_modules": ["q_proj", "v_proj"]}) == PINNED_HASH

@@ -12,6 +12,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerFast
 
 from scalabl.bayesian import bayesian_modules, clear_noise, draw_noise, lora_layers, sampling
+from scalabl.choices import DEFAULT_LENGTH_NORM
 from scalabl.config import RunConfig
 from scalabl.examples import Example
 from scalabl.methods import MethodConfig
@@ -75,7 +76,9 @@ def naive_choice_score(model: nn.Module, prompt: list[int], choice: list[int]) -
     return logp[positions, torch.tensor(choice)].sum()
 
 
-def naive_continuation(model, tokenizer, examples, *, noise_rows=None, length_norm="none") -> torch.Tensor:
+def naive_continuation(
+    model, tokenizer, examples, *, noise_rows=None, length_norm=DEFAULT_LENGTH_NORM.value
+) -> torch.Tensor:
     c_max = max(len(e.choices) for e in examples)
     out = torch.full((len(examples), c_max), float("-inf"))
     for i, e in enumerate(examples):
@@ -171,7 +174,9 @@ ACCENTED = Example(id="accent", question="Which?", choices=("é", "ab", "cde"), 
 def test_continuation_length_norm(model, tokenizer, reuse_prompt, length_norm):
     examples = [*EXAMPLES, ACCENTED]
     with torch.no_grad():
-        raw = Scorer(tokenizer, reuse_prompt=reuse_prompt).class_logits(model, examples, sample=False)
+        raw = Scorer(tokenizer, length_norm="none", reuse_prompt=reuse_prompt).class_logits(
+            model, examples, sample=False
+        )
         normed = Scorer(tokenizer, length_norm=length_norm, reuse_prompt=reuse_prompt).class_logits(
             model, examples, sample=False
         )
@@ -232,7 +237,7 @@ def test_gradients_flow_through_continuation_scoring(tokenizer):
 def test_left_truncation(model, tokenizer, caplog):
     long = Example("long", "word " * 40 + "end?", ("yes", "no way"), 0)
     max_length = 24
-    scorer = Scorer(tokenizer, max_length=max_length)
+    scorer = Scorer(tokenizer, length_norm="none", max_length=max_length)  # compared with summed scores
     with caplog.at_level(logging.WARNING, logger="scalabl.scoring"):
         enc = scorer.encode(long)
     assert any(

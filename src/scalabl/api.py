@@ -26,7 +26,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from scalabl import __version__
 from scalabl.bayesian import lora_layers
 from scalabl.calibration import apply_temperature, fit_temperature
-from scalabl.choices import LengthNorm, MethodName, Scoring, Truncation
+from scalabl.choices import DEFAULT_LENGTH_NORM, LengthNorm, MethodName, Scoring, Truncation
 from scalabl.config import MethodConfig, PredictConfig, TrainConfig
 from scalabl.config.predict import DEFAULT_N_SAMPLES
 from scalabl.examples import Example
@@ -87,7 +87,7 @@ class BayesianLoRA:
         config: MethodConfig | None = None,
         *,
         scoring: str = Scoring.CONTINUATION,
-        length_norm: str = LengthNorm.NONE,
+        length_norm: str = DEFAULT_LENGTH_NORM,
         truncation: str = Truncation.LEFT,
         max_length: int | None = None,
         seed: int = 0,

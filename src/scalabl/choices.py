@@ -83,6 +83,10 @@ class EvalSplit(Choice):
     VALIDATION = "validation"  # for choosing settings without looking at the test split
 
 
+# what a continuation score is divided by unless a config says otherwise (the scorer, the API, runs)
+DEFAULT_LENGTH_NORM = LengthNorm.CHARS
+
+
 class Recipe(Choice):
     ELBO = "elbo"
     BLOB = "blob"

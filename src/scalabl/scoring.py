@@ -32,7 +32,7 @@ from transformers import PreTrainedTokenizerBase
 
 from scalabl.architectures import output_logits
 from scalabl.bayesian import base_model, bayesian_modules, clear_noise, draw_noise, sampling, select_noise
-from scalabl.choices import LengthNorm, Scoring, Truncation
+from scalabl.choices import DEFAULT_LENGTH_NORM, LengthNorm, Scoring, Truncation
 from scalabl.examples import Example
 from scalabl.subset import (
     Branch,
@@ -85,7 +85,7 @@ class Scorer:
         tokenizer: PreTrainedTokenizerBase,
         mode: str = Scoring.CONTINUATION,
         *,
-        length_norm: str | bool = LengthNorm.NONE,
+        length_norm: str | bool = DEFAULT_LENGTH_NORM,
         max_length: int | None = None,
         truncation: str = Truncation.LEFT,
         reuse_prompt: bool = True,

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from scalabl.choices import (
+    DEFAULT_LENGTH_NORM,
     EMBEDDED_MODEL,
     DType,
     EvalSplit,
@@ -60,7 +61,7 @@ class RunConfig(JSONConfig):
     )
     scoring: Scoring = option(Scoring.CONTINUATION, "how a choice is scored (docs/data.md)")
     length_norm: LengthNorm = option(
-        LengthNorm.NONE,
+        DEFAULT_LENGTH_NORM,
         "continuation: the log-likelihood summed (none), or divided by the choice's tokens or characters",
     )
     max_length: int | None = option(
