@@ -173,8 +173,7 @@ def check_model(name: str, args, device, folder: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
     base, plan_model = build_base(name, device, args.dry_run, folder)
     built = time.perf_counter() - t0
-    seq = min(SEQ_LEN, 300)
-    train, test = examples(16, seq), examples(args.test_examples, seq, seed=1)
+    train, test = examples(16, SEQ_LEN), examples(args.test_examples, SEQ_LEN, seed=1)
     rows, prediction = [], []
     for gc in (False, True):
         for _ in range(args.repeats):  # LoRA and ScalaBL interleaved

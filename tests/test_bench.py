@@ -194,22 +194,26 @@ def test_archive_lets_a_fresh_checkout_continue_the_grid(bench, tmp_path):
         moved.rename(out)
 
 
+# the config of the pinned cell: computed before most options existed, with summed scores
+PINNED_BASE = {
+    "max_test": 100,
+    "max_validation": 50,
+    "n_samples": [4],
+    "train": {"steps": 40},
+    "length_norm": "none",
+}
+
+
+def pinned_cell_name(tmp_path, **changes) -> str:
+    """The folder name of the pinned cell's config with ``changes`` merged into its base."""
+    config = BenchConfig(tasks=["arc_easy"], methods={"mle": {}}, seeds=[0], out=str(tmp_path),
+                         base=merged(PINNED_BASE, changes))  # fmt: skip
+    return config.cell_dir("mle", "arc_easy", 0).name
+
+
 def test_cell_hashes_survive_new_run_options_at_their_defaults(tmp_path):
     """Cells computed before an option existed keep their folder (pinned hash of a fixed config)."""
-    config = BenchConfig(
-        tasks=["arc_easy"],
-        methods={"mle": {}},
-        seeds=[0],
-        out=str(tmp_path),
-        base={
-            "max_test": 100,
-            "max_validation": 50,
-            "n_samples": [4],
-            "train": {"steps": 40},
-            "length_norm": "none",
-        },
-    )
-    assert config.cell_dir("mle", "arc_easy", 0).name == PINNED_HASH
+    assert pinned_cell_name(tmp_path) == PINNED_HASH
 
 
 def test_shards_split_the_grid_and_keep_post_hoc_cells_with_their_source():
@@ -308,18 +312,9 @@ def test_tables_only_regenerates_the_committed_tables_byte_for_byte(grid, tmp_pa
 def test_a_new_section_field_at_its_default_keeps_the_hash(tmp_path):
     """train.adam_eps and max_length joined the run config after the cells: at their defaults they
     are left out of the hash, changed they move the cell."""
-    base = {
-        "max_test": 100,
-        "max_validation": 50,
-        "n_samples": [4],
-        "train": {"steps": 40},
-        "length_norm": "none",
-    }
 
     def name(**changes) -> str:
-        config = BenchConfig(tasks=["arc_easy"], methods={"mle": {}}, seeds=[0], out=str(tmp_path),
-                             base=merged(base, changes))  # fmt: skip
-        return config.cell_dir("mle", "arc_easy", 0).name
+        return pinned_cell_name(tmp_path, **changes)
 
     assert name(train={"adam_eps": 1e-8}) == name(max_length=None) == PINNED_HASH
     assert name(train={"adam_eps": 1e-6}) != PINNED_HASH and name(max_length=300) != PINNED_HASH
@@ -334,10 +329,7 @@ def test_default_targets_hash_as_the_targets_they_resolve_to(tmp_path):
     the folder it had when ("q_proj", "v_proj") was the default written into every config."""
 
     def name(method: dict) -> str:
-        config = BenchConfig(tasks=["arc_easy"], methods={"mle": {}}, seeds=[0], out=str(tmp_path),
-                             base={"max_test": 100, "max_validation": 50, "n_samples": [4],
-                                   "train": {"steps": 40}, "method": method, "length_norm": "none"})  # fmt: skip
-        return config.cell_dir("mle", "arc_easy", 0).name
+        return pinned_cell_name(tmp_path, method=method)
 
     assert name({}) == name({"target_modules": ["q_proj", "v_proj"]}) == PINNED_HASH
     assert name({"target_modules": ["q_proj", "v_proj", "lm_head"]}) != PINNED_HASH

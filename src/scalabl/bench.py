@@ -236,10 +236,9 @@ class BenchConfig:
 
     def run_config(self, label: str, task: str, seed: int) -> RunConfig:
         spec = self.methods[label]
-        base = json.loads(json.dumps(self.base))  # a deep copy
-        run = {**base, **spec.get("run", {}), "task": task, "ood": self.ood.get(task, [])}
-        run["method"] = {**base.get("method", {}), "method": label, **spec.get("method", {})}
-        run["train"] = {**base.get("train", {}), **spec.get("train", {}), "seed": seed}
+        run = merged(self.base, {**spec.get("run", {}), "task": task, "ood": self.ood.get(task, [])})
+        run["method"] = merged(run.get("method", {}), {"method": label, **spec.get("method", {})})
+        run["train"] = merged(run.get("train", {}), {**spec.get("train", {}), "seed": seed})
         if spec.get("from"):
             run["from_run"] = str(self.cell_dir(spec["from"], task, seed))
         return RunConfig.from_dict(run)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from scalabl.examples import Example
+from scalabl.metrics import accuracy, negative_log_likelihood
 from scalabl.scoring import Scorer
 
 
@@ -28,13 +29,13 @@ def validation_scores(
     """Mean NLL and accuracy of the posterior-mean model on ``examples``; draws nothing random, so
     the training that goes on is the same with or without it."""
     model.eval()
-    nll, correct = 0.0, 0
+    nll, correct = 0.0, 0.0
     with torch.no_grad():
         for i in range(0, len(examples), 2 * batch_size):
             batch = examples[i : i + 2 * batch_size]
-            log_probs = torch.log_softmax(scorer.class_logits(model, batch, sample=False).double(), -1)
-            labels = torch.tensor([e.label for e in batch], device=log_probs.device)
-            nll -= log_probs.gather(1, labels[:, None]).sum().item()
-            correct += (log_probs.argmax(-1) == labels).sum().item()
+            log_probs = torch.log_softmax(scorer.class_logits(model, batch, sample=False).double(), -1).cpu()
+            labels = torch.tensor([e.label for e in batch])
+            nll += negative_log_likelihood(log_probs, labels) * len(batch)
+            correct += accuracy(log_probs.exp(), labels) * len(batch)
     model.train()
     return {"val_nll": nll / len(examples), "val_acc": correct / len(examples)}

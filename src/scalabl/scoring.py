@@ -4,8 +4,9 @@ Two scoring modes:
 
 * ``continuation``: the logit of choice c is the summed log-likelihood of its text after the
   prompt, divided by its number of tokens (``length_norm="tokens"``) or of characters (``"chars"``,
-  the continuation ``" " + choice`` as lm-eval-harness's ``acc_norm`` counts it), or not (``"none"``). The prompt runs **once** per example; its
-  key/value cache is re-indexed to one row per choice and only the choice tokens run after it.
+  the continuation ``" " + choice`` as lm-eval-harness's ``acc_norm`` counts it), or not
+  (``"none"``). The prompt runs **once** per example; its key/value cache is re-indexed to one row
+  per choice and only the choice tokens run after it.
 * ``letter``: the prompt lists the choices as ``A. ...``; the logits are the next-token logits
   restricted to the letter tokens.
 
