@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import save_tiny_model
 
-from scalabl.bench import BenchConfig, cell_digest, collect, merged, run_bench, write_tables
+from scalabl.bench import BenchConfig, collect, merged, run_bench, write_tables
+from scalabl.cell_hash import cell_digest
 from scalabl.cli import main
 from scalabl.config import RunConfig
 from scalabl.tables import table_rows, to_csv, to_latex, to_markdown
@@ -388,3 +389,35 @@ def test_merged_merges_nested_dicts_and_replaces_the_rest():
     out = merged(base, {"train": {"lr": 0.2}, "n_samples": [10]})
     assert out == {"a": 1, "train": {"steps": 5, "lr": 0.2}, "n_samples": [10]}
     assert base["train"]["lr"] == 0.1  # the input is left as it was
+
+
+def test_a_method_can_run_on_some_tasks_only(tmp_path):
+    raw = {
+        "tasks": ["arc_easy", "obqa"],
+        "seeds": [0],
+        "base": {"model": str(save_tiny_model(tmp_path / "tiny"))},
+        "methods": {"mle": {}, "map": {"tasks": ["obqa"]}, "temperature": {"from": "mle", "tasks": ["obqa"]}},
+    }
+    config = BenchConfig(**raw)
+    assert config.grid() == [
+        ("mle", "arc_easy", 0),
+        ("mle", "obqa", 0),
+        ("map", "obqa", 0),
+        ("temperature", "obqa", 0),
+    ]
+    for methods, message in [
+        ({"mle": {"tasks": ["boolq"]}}, r"methods.mle.tasks: name one or more of the tasks"),
+        ({"mle": {"tasks": []}}, r"methods.mle.tasks: name one or more"),
+        ({"mle": {"tasks": ["obqa"]}, "temperature": {"from": "mle"}}, r"among its source 'mle'"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            BenchConfig(**{**raw, "methods": methods})
+
+
+def test_methods_option_runs_only_those_groups(bench, tmp_path, capsys):
+    path, config = _one_seed_grid(bench, tmp_path)
+    assert main(["bench", str(path), "--quiet", "--methods", "mle"]) == 0
+    ran = {c for c in config.grid() if config.finished_dir(*c) is not None}
+    assert ran == {("mle", "arc_easy", 0), ("temperature", "arc_easy", 0)}  # the group: its post-hoc cell too
+    with pytest.raises(ValueError, match=r"'temperature' is not a trained method of the grid"):
+        run_bench(config, progress=False, methods=["temperature"])

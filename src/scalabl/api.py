@@ -115,6 +115,9 @@ class BayesianLoRA:
         self.history: list[dict[str, Any]] = []
         self.temperature: float | None = None  # fitted by calibrate() when the config asks for it
         self.fitted: dict[str, Any] = {}  # what calibrate() fitted (beta, temperature, ...)
+        # the run whose adapter init_from took whole (same method and settings): its predictions
+        # are this model's before a temperature
+        self.same_as_run: Path | None = None
 
     @property
     def train_scorer(self) -> Scorer:
@@ -291,6 +294,7 @@ class BayesianLoRA:
         if replace(source, temperature=False) == replace(self.config, temperature=False):
             state = read_safetensors(adapter_path)
             self.method.load_adapter_state(self.model, state, str(adapter_path))
+            self.same_as_run = folder
             return
         if source.method not in PLAIN_LORA_METHODS:
             raise ValueError(

@@ -18,7 +18,7 @@ The config file::
 Each cell is one run (:func:`scalabl.runs.train_run`) of ``base`` + the method's overrides, on the
 task, with ``train.seed`` = the seed (the splits stay fixed: seeds vary initialisation, data order
 and noise). A method with ``"from": "mle"`` starts from that method's cell of the same task and
-seed (post-hoc methods). A cell's folder is named by a hash of its full config, so a finished cell
+seed (post-hoc methods); ``"tasks": [...]`` runs a method on some of the tasks only. A cell's folder is named by a hash of its full config, so a finished cell
 (``metrics.json`` present) is skipped when the bench runs again, and a changed config runs anew.
 
 ``"archive"`` (optional) names a folder kept with the repository that holds finished cells' small
@@ -49,7 +49,6 @@ over seeds.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -62,12 +61,10 @@ from tqdm.auto import tqdm
 
 from scalabl.api import ADAPTER_FILE
 from scalabl.bench_tables import TABLE_FILES, write_tables
-from scalabl.choices import LengthNorm
+from scalabl.cell_hash import cell_digest
 from scalabl.config import RunConfig
 from scalabl.config.fields import check_fields
 from scalabl.io import atomic_path, claim, output_folder
-from scalabl.methods import METHODS
-from scalabl.plan import default_targets_for
 from scalabl.run_folder import (
     CONFIG_FILE,
     HISTORY_FILE,
@@ -82,22 +79,6 @@ from scalabl.runs import train_run
 ARCHIVED_FILES = (CONFIG_FILE, METRICS_FILE, PREDICTIONS_FILE, HISTORY_FILE, REPORT_FILE)
 # everything a bench writes at the top of ``out`` (its cells, claims and tables)
 BENCH_FILES = ("cells", "claims", "tables", *(p for p in TABLE_FILES if "/" not in p))
-
-# Run-config fields added after cells were first run ("train.adam_eps": a field of a section): left
-# out of a cell's hash while at their default, so that adding an option does not orphan the cells
-# already computed.
-HASH_OMIT_AT_DEFAULT: dict[str, Any] = {
-    "quant": None,
-    "device": "auto",
-    "gradient_checkpointing": False,
-    "sample_modules": "all",
-    "fsdp": False,
-    "max_length": None,
-    "eval_split": "test",
-    "train.adam_eps": 1e-8,
-    "train.val_size": 32,
-    "train.val_every": 0,
-}
 
 
 @dataclass
@@ -124,14 +105,19 @@ class BenchConfig:
             raise ValueError(f"seeds: need one or more distinct seeds, got {self.seeds}")
         names = list(self.methods)
         for label, spec in self.methods.items():
-            unknown = sorted(set(spec) - {"method", "train", "run", "from"})
+            unknown = sorted(set(spec) - {"method", "train", "run", "from", "tasks"})
             if unknown:
                 raise ValueError(
-                    f"methods.{label}: unknown key {unknown[0]!r}; allowed: method, train, run, from"
+                    f"methods.{label}: unknown key {unknown[0]!r}; allowed: method, train, run, from, tasks"
                 )
             source = spec.get("from")
             if source is not None and (source not in names or names.index(source) >= names.index(label)):
                 raise ValueError(f"methods.{label}.from: {source!r} must be a method listed before {label!r}")
+            outside = sorted(set(self.method_tasks(label)) - set(self.tasks))
+            if outside or not self.method_tasks(label):
+                raise ValueError(f"methods.{label}.tasks: name one or more of the tasks {self.tasks}")
+            if source is not None and not set(self.method_tasks(label)) <= set(self.method_tasks(source)):
+                raise ValueError(f"methods.{label}.tasks: must be among its source {source!r}'s tasks")
         for task in self.ood:
             if task not in self.tasks:
                 raise ValueError(f"ood: {task!r} is not one of the tasks {self.tasks}")
@@ -189,9 +175,19 @@ class BenchConfig:
         check_fields(cls, raw, f"bench config {path}")
         return cls(**raw)
 
+    def method_tasks(self, label: str) -> list[str]:
+        """The tasks a method runs on: its ``"tasks"`` if it names some, else all of them."""
+        return list(self.methods[label].get("tasks", self.tasks))
+
     def grid(self) -> list[tuple[str, str, int]]:
         """Every cell (method label, task, seed), tasks outermost, methods innermost (sources first)."""
-        return [(label, task, seed) for task in self.tasks for seed in self.seeds for label in self.methods]
+        return [
+            (label, task, seed)
+            for task in self.tasks
+            for seed in self.seeds
+            for label in self.methods
+            if task in self.method_tasks(label)
+        ]
 
     def root(self, label: str) -> str:
         """The method a cell's chain of ``"from"`` sources starts at (itself if it has none)."""
@@ -275,31 +271,6 @@ def merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def cell_digest(run: RunConfig) -> str:
-    """The hash a cell's folder is named by: of the run's config dict, with the fields added since
-    cells were first archived left out at their defaults (:data:`HASH_OMIT_AT_DEFAULT`)."""
-    config = run.to_dict()
-    for path, default in HASH_OMIT_AT_DEFAULT.items():
-        *sections, key = path.split(".")
-        part = config
-        for section in sections:
-            part = part[section]
-        if part.get(key) == default:
-            del part[key]
-    # Settings that became method-dependent defaults (None) are hashed by the value the method
-    # uses: a cell keeps its folder while that value is what it ran with, and moves when a
-    # method's default changes.
-    method = METHODS[run.method.method](run.method)
-    config["method"]["sigma_init"] = method.sigma_init
-    config["train"]["variational_lr"] = method.train_config(run.train).variational_lr
-    # length_norm was a boolean when most cells were run: none and tokens hash as False and True
-    legacy = {LengthNorm.NONE: False, LengthNorm.TOKENS: True}
-    config["length_norm"] = legacy.get(run.length_norm, config["length_norm"])
-    if run.method.target_modules is None:  # the architecture's defaults, as the run resolves them
-        config["method"]["target_modules"] = list(default_targets_for(run.model))
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
-
-
 def run_bench(
     config: BenchConfig,
     *,
@@ -307,6 +278,7 @@ def run_bench(
     shard: tuple[int, int] | None = None,
     share: bool = False,
     overwrite: bool = False,
+    methods: list[str] | None = None,
 ) -> dict[str, Any]:
     """Run every missing cell, then write the tables of every finished cell; returns the collected
     results.
@@ -316,12 +288,23 @@ def run_bench(
     process has claimed (a claim file under ``out/claims``), so any number of processes started the
     same way keep busy until the grid is done, however unequal the cells' costs.
 
+    ``methods``: run only the groups whose root method is one of these (a method and the post-hoc
+    cells started from it); the tables still cover every finished cell.
+
     ``config.out`` continues a grid of its own; a folder holding anything else is refused unless
     ``overwrite`` (see :func:`scalabl.io.output_folder`).
     """
     if shard is not None and share:
         raise ValueError("bench: choose --shard I/N or --share, not both")
     groups = config.groups() if shard is None else config.shard_groups(*shard)
+    if methods is not None:
+        roots = {config.root(label) for label in config.methods}
+        unknown = sorted(set(methods) - roots)
+        if unknown:
+            raise ValueError(
+                f"methods: {unknown[0]!r} is not a trained method of the grid; choose from {sorted(roots)}"
+            )
+        groups = [(key, cells) for key, cells in groups if key[0] in methods]
     total = sum(len(cells) for _, cells in groups)
     done = sum(config.finished_dir(*c) is not None for _, cells in groups for c in cells)
     with config.output(overwrite=overwrite):

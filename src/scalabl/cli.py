@@ -118,7 +118,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 write_tables(config, collect(config))
         else:
             run_bench(
-                config, progress=not args.quiet, shard=args.shard, share=args.share, overwrite=args.overwrite
+                config,
+                progress=not args.quiet,
+                shard=args.shard,
+                share=args.share,
+                overwrite=args.overwrite,
+                methods=args.methods,
             )
         print((Path(config.out) / "summary.md").read_text())
         if args.archive:
@@ -191,6 +196,14 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         metavar="A,B",
         help="a bench config with 'models': run only these (default: every model, one after another)",
+    )
+    p.add_argument(
+        "--methods",
+        type=lambda text: [m.strip() for m in text.split(",") if m.strip()],
+        default=None,
+        metavar="A,B",
+        help="run only the cells of these methods and of the post-hoc ones started from them (the "
+        "tables still show every finished cell): the grid's most wanted part first",
     )
     p.add_argument(
         "--archive",

@@ -15,7 +15,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from scalabl import distributed
 from scalabl.api import BayesianLoRA
 from scalabl.config import RunConfig
-from scalabl.evaluation import evaluate_model
+from scalabl.evaluation import evaluate_model, untempered_source
 from scalabl.models import load_model
 from scalabl.report import write_run_report
 from scalabl.run_folder import RunFolder
@@ -131,7 +131,8 @@ def _train_and_evaluate(
         "fitted": fitted,
         "final_train_nll": blora.history[-1]["nll"] if blora.history else None,
     }
-    metrics.update(evaluate_model(blora, config, folder.path, progress=progress))
+    untempered = untempered_source(config, blora)
+    metrics.update(evaluate_model(blora, config, folder.path, progress=progress, untempered=untempered))
     folder.write_metrics(metrics)
     write_run_report(folder.path)
     return metrics

@@ -1,8 +1,8 @@
 """Everything a run needs (``RunConfig``), saved as the run folder's config.json.
 
 The dict of :meth:`RunConfig.to_dict` is what a bench cell's folder is named by (a hash of it, see
-:func:`scalabl.bench.cell_digest`): a field added here must be left out of that hash at its default
-(:data:`scalabl.bench.HASH_OMIT_AT_DEFAULT`), or every archived cell is orphaned (tests pin them).
+:func:`scalabl.cell_hash.cell_digest`): a field added here must be left out of that hash at its default
+(:data:`scalabl.cell_hash.HASH_OMIT_AT_DEFAULT`), or every archived cell is orphaned (tests pin them).
 """
 
 from __future__ import annotations
