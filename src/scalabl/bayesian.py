@@ -70,6 +70,24 @@ class BayesianModule(nn.Module, ABC):
     def stats(self) -> dict[str, float]:
         """Mean posterior location and scale (``mu``, ``sigma``, ``sigma_over_mu``) for logging."""
 
+    # True when the prior variance is fitted over the whole adapter (empirical Bayes): total_kl
+    # pools the modules' second_moment() and passes the variance to kl(prior_var)
+    prior_pooled: bool = False
+
+    def noise_group(self, name: str) -> tuple | None:
+        """A key shared by the modules that take one noise draw together (``name``: this module's
+        qualified name); None: its own draw."""
+        return None
+
+    def share_noise(self, leader: BayesianModule) -> None:
+        """Take the current noise of ``leader``, a module of the same noise group."""
+        raise NotImplementedError(f"{type(self).__name__} does not share noise")
+
+    def second_moment(self) -> tuple[torch.Tensor, int]:
+        """``E_q |theta|^2`` over the module's posterior and the dimension of theta (modules with
+        ``prior_pooled`` only)."""
+        raise NotImplementedError(f"{type(self).__name__} has no pooled prior")
+
     @property
     def copies_in_one_draw(self) -> bool:
         """Whether S copies of a batch in one draw are S independent samples (per-row noise,
@@ -96,8 +114,19 @@ def bayesian_modules(model: nn.Module) -> list[BayesianModule]:
 
 
 def draw_noise(model: nn.Module, n_rows: int, generator: torch.Generator | None = None) -> None:
-    for m in bayesian_modules(model):
+    """Fresh noise on every Bayesian module; modules of one noise group (:meth:`BayesianModule.noise_group`)
+    take the draw of the group's first module."""
+    leaders: dict[tuple, BayesianModule] = {}
+    for name, m in model.named_modules():
+        if not isinstance(m, BayesianModule):
+            continue
+        group = m.noise_group(name)
+        if group is not None and group in leaders:
+            m.share_noise(leaders[group])
+            continue
         m.draw_noise(n_rows, generator)
+        if group is not None:
+            leaders[group] = m
 
 
 def select_noise(model: nn.Module, index: torch.Tensor) -> None:
@@ -146,8 +175,16 @@ def posterior_stats(model: nn.Module) -> dict[str, dict[str, float]]:
 
 
 def total_kl(model: nn.Module) -> torch.Tensor:
-    """Sum of the modules' KL terms in float32 (zero for a model with no Bayesian module)."""
-    kls = [m.kl() for m in bayesian_modules(model)]
+    """Sum of the modules' KL terms in float32 (zero for a model with no Bayesian module).
+
+    Modules with ``prior_pooled`` share one empirical-Bayes prior variance, the ELBO's optimum
+    given q: their summed ``E_q |theta|^2`` over their summed dimensions."""
+    modules = bayesian_modules(model)
+    pooled = [m for m in modules if m.prior_pooled]
+    if pooled:
+        moments, dims = zip(*(m.second_moment() for m in pooled), strict=True)
+        var = torch.stack(moments).sum() / sum(dims)
+    kls = [m.kl(prior_var=var) if m.prior_pooled else m.kl() for m in modules]
     if not kls:
         return torch.zeros((), dtype=torch.float32)
     return torch.stack(kls).sum()

@@ -30,6 +30,9 @@ HASH_OMIT_AT_DEFAULT: dict[str, Any] = {
     "train.adam_eps": 1e-8,
     "train.val_size": 32,
     "train.val_every": 0,
+    "method.noise_sharing": "module",
+    "method.covariance": "diagonal",
+    "method.prior_fit": "fixed",
 }
 
 

@@ -52,6 +52,29 @@ class NoiseMode(Choice):
     SHARED = "shared"  # one row per forward (the reference code's way)
 
 
+class NoiseSharing(Choice):
+    """Which ScalaBL modules draw one standard-normal noise vector together (scaled per module)."""
+
+    MODULE = "module"  # each module its own draw (the paper's mean field)
+    LAYER = "layer"  # the modules of one decoder layer share a draw
+    ADAPTER = "adapter"  # every module of the adapter shares one draw
+
+
+class Covariance(Choice):
+    """The covariance of ScalaBL's posterior over a module's r subspace coordinates."""
+
+    DIAGONAL = "diagonal"  # r scales (the paper)
+    FULL = "full"  # a Cholesky factor: r (r + 1) / 2 numbers
+
+
+class PriorFit(Choice):
+    """How ScalaBL's prior scale is set: fixed, or fitted by empirical Bayes (type-II ML)."""
+
+    FIXED = "fixed"  # N(0, prior_std^2)
+    MODULE = "module"  # one prior variance per module, the ELBO's optimum given q
+    MODEL = "model"  # one prior variance for the whole adapter
+
+
 class KLDirection(Choice):
     CORRECT = "correct"  # KL(q || p), the ELBO's term
     REFERENCE = "reference"  # KL(p || q), as the paper's code computes it

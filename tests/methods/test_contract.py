@@ -1,6 +1,7 @@
 """The contract every method keeps (build -> train -> post hoc -> predict -> save/load), on a tiny model.
 
-Parametrised over the registry, so a new method is held to it the day it is registered.
+Parametrised over the registry, so a new method is held to it the day it is registered, and over
+ScalaBL's variants (options of the method).
 """
 
 from __future__ import annotations
@@ -31,12 +32,26 @@ EXPECTED_EXTRA = {
     "blob": A_ENTRIES,  # rho for every entry of A
     "tfb": 4 * (RANK + 1),  # singular values and beta per module
     "ensemble": (K - 1) * LORA,
+    "scalabl/full": 4 * (2 * RANK + RANK * (RANK - 1) // 2),  # + the Cholesky factor's lower triangle
+    "scalabl/layer-noise": 4 * 2 * RANK,
+    "scalabl/adapter-noise": 4 * 2 * RANK,
+    "scalabl/eb-module": 4 * 2 * RANK,
+    "scalabl/eb-model": 4 * 2 * RANK,
+}
+# ScalaBL's variants: name -> options
+VARIANTS = {
+    "scalabl/full": {"covariance": "full"},
+    "scalabl/layer-noise": {"noise_sharing": "layer"},
+    "scalabl/adapter-noise": {"noise_sharing": "adapter"},
+    "scalabl/eb-module": {"prior_fit": "module"},
+    "scalabl/eb-model": {"prior_fit": "model"},
 }
 
 
 def method_config(name: str) -> MethodConfig:
     return MethodConfig(
-        method=name,
+        method=name.split("/")[0],
+        **VARIANTS.get(name, {}),
         rank=RANK,
         ensemble_size=K,
         tfb_samples=2,
@@ -56,7 +71,7 @@ def trained(name: str, seed: int = 0) -> BayesianLoRA:
     return blora
 
 
-@pytest.fixture(scope="module", params=list(METHODS))
+@pytest.fixture(scope="module", params=[*METHODS, *VARIANTS])
 def fitted(request) -> tuple[str, BayesianLoRA]:
     torch.set_num_threads(1)
     return request.param, trained(request.param)

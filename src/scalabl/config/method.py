@@ -5,12 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from scalabl.choices import (
+    Covariance,
     KLDirection,
     LaplaceHessian,
     LaplacePredictive,
     LaplaceSubset,
     MethodName,
     NoiseMode,
+    NoiseSharing,
+    PriorFit,
 )
 from scalabl.config.fields import JSONConfig, coerce_choices, option, positive_ints
 
@@ -51,6 +54,20 @@ class MethodConfig(JSONConfig):
     noise: NoiseMode = option(
         NoiseMode.SEQUENCE, "sequence = one noise draw per sequence; shared = one per forward"
     )
+    noise_sharing: NoiseSharing = option(
+        NoiseSharing.MODULE,
+        "scalabl: module = independent noise per module (the paper); layer / adapter = one draw shared "
+        "by a layer's (or all) modules, scaled per module",
+    )
+    covariance: Covariance = option(
+        Covariance.DIAGONAL,
+        "scalabl: diagonal = r scales per module (the paper); full = a Cholesky factor over the r dims",
+    )
+    prior_fit: PriorFit = option(
+        PriorFit.FIXED,
+        "scalabl: fixed = N(0, prior_std^2); module / model = the prior variance fitted by empirical "
+        "Bayes (type-II ML) per module or for the whole adapter",
+    )
     ensemble_size: int = option(3, "ensemble: number of members K")
     tfb_tolerance: float = option(0.01, "tfb: largest allowed rise of the validation NLL (nats)")
     tfb_samples: int = option(4, "tfb: posterior samples per validation NLL")
@@ -86,5 +103,10 @@ class MethodConfig(JSONConfig):
             if v is not None and v <= 0:
                 raise ValueError(f"{name}: must be > 0, got {v!r}")
         positive_ints(self, "ensemble_size", "tfb_samples", "tfb_search_steps", "laplace_max_train")
+        if self.prior_fit != "fixed" and self.kl_direction != "correct":
+            raise ValueError(
+                "prior_fit: empirical Bayes is derived for kl_direction 'correct' (KL(q || p)); "
+                f"got kl_direction {self.kl_direction.value!r}"
+            )
         if self.tfb_tolerance < 0:
             raise ValueError(f"tfb_tolerance: must be >= 0, got {self.tfb_tolerance!r}")
