@@ -156,3 +156,49 @@ def test_flipout_samples_are_separate_draws_even_when_batched(method):
     _, batched = predicted(model, scorer, EXAMPLES, batch_samples=True, **kw)
     assert torch.equal(loop, batched)
     assert not torch.allclose(loop[0], loop[1]), "the samples must differ"
+
+
+# ---- per-question noise: a prediction that does not depend on its batch ---------------------------
+def _wrapped(method: str) -> torch.nn.Module:
+    model = get_method(MethodConfig(method=method, rank=4, sigma_init=0.5)).wrap(make_tiny_llama())
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _, layer in lora_layers(model):
+            w = layer.lora_B["default"].weight
+            w.copy_(0.3 * torch.randn(w.shape, generator=g))
+    return model
+
+
+@pytest.mark.parametrize("method", ["scalabl", "blob", "mcdropout"])
+def test_per_question_noise_gives_each_question_its_prediction_in_any_batch(method, tokenizer):
+    model, scorer = _wrapped(method), Scorer(tokenizer)
+    many = [*EXAMPLES, Example("p3", "Another?", ("yes", "no"), 0)]
+
+    def padded(lp: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.pad(lp, (0, 4 - lp.shape[1]), value=float("-inf"))
+
+    alone = torch.cat(
+        [padded(predicted(model, scorer, [e], n_samples=3, per_question=True)) for e in many[:3]]
+    )
+    for batch_size in (1, 2, 4):
+        for batch_samples in (False, True):
+            together = predicted(
+                model,
+                scorer,
+                many,
+                n_samples=3,
+                per_question=True,
+                batch_size=batch_size,
+                batch_samples=batch_samples,
+            )
+            assert torch.allclose(together[:3, : alone.shape[1]], alone, atol=1e-5), (
+                batch_size,
+                batch_samples,
+            )
+    # the same question in another position, under another id: the same prediction
+    moved = [many[3], Example("other-id", *[getattr(many[1], f) for f in ("question", "choices", "label")])]
+    again = predicted(model, scorer, moved, n_samples=3, per_question=True, batch_size=2)
+    assert torch.allclose(again[1, :3], alone[1, :3], atol=1e-5)
+    # it is a posterior average: other seeds give other samples
+    other = predicted(model, scorer, many[:3], n_samples=3, per_question=True, seed=1)
+    assert not torch.allclose(other[:, : alone.shape[1]], alone, atol=1e-4)

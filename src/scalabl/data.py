@@ -52,25 +52,28 @@ def check_task_name(task: str, field: str = "task") -> None:
         raise ValueError(f"{field}: unknown task {task!r}; allowed: {TASK_HELP}")
 
 
-def _jsonl_example(row: object, where: str, lineno: int) -> Example:
+def _jsonl_example(row: object, where: str, lineno: int, require_answer: bool = True) -> Example:
     if not isinstance(row, dict):
         raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
     unknown = sorted(set(row) - set(JSONL_FIELDS))
     if unknown:
         raise ValueError(f"{where}: unknown field {unknown[0]!r}; allowed fields: {', '.join(JSONL_FIELDS)}")
-    for name in JSONL_REQUIRED:
+    required = JSONL_REQUIRED if require_answer else tuple(f for f in JSONL_REQUIRED if f != "answer")
+    for name in required:
         if name not in row:
-            raise ValueError(f"{where}: missing field {name!r} (required: {', '.join(JSONL_REQUIRED)})")
-    question, choices, answer = row["question"], row["choices"], row["answer"]
+            raise ValueError(f"{where}: missing field {name!r} (required: {', '.join(required)})")
+    question, choices, answer = row["question"], row["choices"], row.get("answer")
     if not isinstance(question, str) or not question.strip():
         raise ValueError(f"{where}: field 'question' must be a non-empty string")
     if not isinstance(choices, list) or not all(isinstance(c, str) and c.strip() for c in choices):
         raise ValueError(f"{where}: field 'choices' must be a list of non-empty strings")
     if len(choices) < 2:
         raise ValueError(f"{where}: field 'choices' has {len(choices)} choice(s); at least 2 are needed")
-    if isinstance(answer, bool) or not isinstance(answer, int | str):
+    if answer is None and not require_answer:
+        label = None
+    elif isinstance(answer, bool) or not isinstance(answer, int | str):
         raise ValueError(f"{where}: field 'answer' must be a choice index or the text of a choice")
-    if isinstance(answer, str):
+    elif isinstance(answer, str):
         if answer not in choices:
             raise ValueError(f"{where}: field 'answer' {answer!r} is not one of the choices")
         label = choices.index(answer)
@@ -95,8 +98,9 @@ def _jsonl_example(row: object, where: str, lineno: int) -> Example:
     )
 
 
-def load_jsonl(path: str | Path) -> list[Example]:
-    """Read a JSONL file of ``{"question", "choices", "answer"}`` rows (see the module docstring)."""
+def load_jsonl(path: str | Path, *, require_answer: bool = True) -> list[Example]:
+    """Read a JSONL file of ``{"question", "choices", "answer"}`` rows (see the module docstring);
+    ``require_answer=False``: ``answer`` may be left out (questions to answer, label None)."""
     path = Path(path)
     examples: list[Example] = []
     first_line: dict[str, int] = {}
@@ -109,7 +113,7 @@ def load_jsonl(path: str | Path) -> list[Example]:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
                 raise ValueError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
-            ex = _jsonl_example(row, where, lineno)
+            ex = _jsonl_example(row, where, lineno, require_answer)
             if ex.id in first_line:
                 raise ValueError(f"{where}: duplicate id {ex.id!r} (first on line {first_line[ex.id]})")
             first_line[ex.id] = lineno

@@ -7,12 +7,13 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Example:
-    """One multiple-choice question; ``label`` is the index of the correct choice."""
+    """One multiple-choice question; ``label`` is the index of the correct choice (None: unknown,
+    a question to answer rather than to learn or score)."""
 
     id: str
     question: str
     choices: tuple[str, ...]
-    label: int
+    label: int | None
     context: str | None = None
 
     def __post_init__(self) -> None:
@@ -24,7 +25,7 @@ class Example:
             raise ValueError(
                 f"Example.choices needs at least 2 choices, got {len(self.choices)} (id={self.id!r})"
             )
-        if not 0 <= self.label < len(self.choices):
+        if self.label is not None and not 0 <= self.label < len(self.choices):
             raise ValueError(
                 f"Example.label must be in [0, {len(self.choices)}), got {self.label} (id={self.id!r})"
             )

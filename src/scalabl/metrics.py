@@ -279,12 +279,12 @@ def ood_auroc(in_probs: torch.Tensor, out_probs: torch.Tensor, score: str = "max
     raise ValueError(f"score: {score!r} not in ('max_prob', 'entropy')")
 
 
-def mutual_information(sample_log_probs: torch.Tensor) -> float:
-    """Mean disagreement of the posterior samples: the epistemic part of the predictive entropy.
+def mutual_information_per_example(sample_log_probs: torch.Tensor) -> torch.Tensor:
+    """Each question's disagreement of the posterior samples, ``[N]`` float64 (nats).
 
     For per-sample log-probs ``[S, N, C]``: ``MI_n = H(mean_k p_k) - mean_k H(p_k)`` with
-    ``H(p) = -sum_c p_c log p_c`` (nats, absent choices with p = 0 contribute 0), averaged over N.
-    Zero when every sample predicts the same distribution (e.g. S = 1 or the posterior mean).
+    ``H(p) = -sum_c p_c log p_c`` (absent choices with p = 0 contribute 0): the epistemic part of the
+    predictive entropy. Zero when every sample predicts the same distribution (S = 1, the posterior mean).
     """
     if sample_log_probs.dim() != 3 or sample_log_probs.shape[0] == 0:
         raise ValueError(
@@ -297,4 +297,9 @@ def mutual_information(sample_log_probs: torch.Tensor) -> float:
         return -(log_p.exp() * log_p.nan_to_num(neginf=0.0)).sum(-1)
 
     mi = entropy(mean_lp) - entropy(lp).mean(0)
-    return mi.clamp(min=0.0).mean().item()  # clamp: rounding can give -1e-17 for identical samples
+    return mi.clamp(min=0.0)  # clamp: rounding can give -1e-17 for identical samples
+
+
+def mutual_information(sample_log_probs: torch.Tensor) -> float:
+    """Mean over questions of :func:`mutual_information_per_example`."""
+    return mutual_information_per_example(sample_log_probs).mean().item()

@@ -4,18 +4,24 @@
 deterministic pass at plain-LoRA cost) and returns each sample's log-probabilities;
 :func:`bayesian_model_average` averages them, once, in float64 log space:
 ``log p(y | x) = logsumexp_k log_softmax(z_k)_y - log S`` over samples ``k = 1..S``.
+
+With ``PredictConfig.per_question`` the noise of question q's k-th sample is drawn from a generator
+seeded by (seed, q's text, k) (:func:`question_seed`), so a question gets the same prediction in any
+batch: what ``scalabl predict`` and the server need to agree.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from scalabl.bayesian import bayesian_modules
+from scalabl.bayesian import bayesian_modules, draw_noise
 from scalabl.config import PredictConfig
 from scalabl.examples import Example
 from scalabl.scoring import Scorer
@@ -26,6 +32,64 @@ def bayesian_model_average(sample_log_probs: torch.Tensor) -> torch.Tensor:
     """Average S predictive distributions given as log-probs ``[S, N, C]``; returns ``[N, C]`` float64."""
     lp = sample_log_probs.double()
     return torch.logsumexp(lp, dim=0) - math.log(lp.shape[0])
+
+
+def question_seed(seed: int, example: Example, sample: int) -> int:
+    """The noise seed of ``example``'s ``sample``-th posterior sample: a hash of the seed, the
+    question's text (context, question, choices) and the sample index."""
+    text = json.dumps([seed, sample, example.context, example.question, list(example.choices)])
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & (2**63 - 1)
+
+
+def set_question_noise(
+    model: nn.Module, examples: Sequence[Example], seed: int, samples: Iterable[int]
+) -> None:
+    """One noise row per (sample, question) on every module, sample-major (row ``k * B + i``), each
+    drawn as a one-sequence batch from its :func:`question_seed` (stackable modules only)."""
+    modules = bayesian_modules(model)
+    rows: dict[int, list[torch.Tensor]] = {id(m): [] for m in modules}
+    for k in samples:
+        for example in examples:
+            draw_noise(model, 1, torch.Generator().manual_seed(question_seed(seed, example, k)))
+            for m in modules:
+                rows[id(m)].append(m.noise_rows())
+    for m in modules:
+        m.set_noise_rows(torch.cat(rows[id(m)]))
+
+
+def _per_question_logits(
+    model: nn.Module, scorer: Scorer, batch: Sequence[Example], config: PredictConfig
+) -> torch.Tensor:
+    """``[S, B, C]`` class logits with each question's noise seeded by its text (see the module docs)."""
+    s = config.n_samples
+    if config.sample_modules != "all":
+        raise ValueError("per_question predictions sample every module: sample_modules must be 'all'")
+    if all(m.stackable for m in bayesian_modules(model)):
+        if config.batch_samples:
+            set_question_noise(model, batch, config.seed, range(s))
+            return scorer.class_logits(model, list(batch) * s, sample=True, noise_set=True).view(
+                s, len(batch), -1
+            )
+        out = []
+        for k in range(s):
+            set_question_noise(model, batch, config.seed, [k])
+            out.append(scorer.class_logits(model, batch, sample=True, noise_set=True))
+        return torch.stack(out)
+    # Noise that is not one row per sequence (flipout, MC dropout's masks, shared draws): each
+    # question and sample in a forward of its own, the global RNG (dropout) seeded for it too.
+    per_question = []
+    for example in batch:
+        samples = []
+        for k in range(s):
+            q_seed = question_seed(config.seed, example, k)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(q_seed)
+                g = torch.Generator().manual_seed(q_seed)
+                samples.append(scorer.class_logits(model, [example], sample=True, generator=g)[0])
+        per_question.append(torch.stack(samples))
+    c_max = max(t.shape[-1] for t in per_question)
+    padded = [torch.nn.functional.pad(t, (0, c_max - t.shape[-1]), value=float("-inf")) for t in per_question]
+    return torch.stack(padded, dim=1)
 
 
 def _copies_are_samples(model: nn.Module) -> bool:
@@ -83,6 +147,8 @@ def predict_samples(
         batch = examples[start : start + config.batch_size]
         if s == 0:
             logits = scorer.class_logits(model, batch, sample=False)[None]
+        elif config.per_question:
+            logits = _per_question_logits(model, scorer, batch, config)
         elif subset is not None and config.batch_samples:
             # one pass up to the subset, S copies from there on
             logits = scorer.class_logits(model, batch, subset=subset, copies=s, generator=generator)

@@ -9,7 +9,7 @@ from scalabl.io import write_text
 from scalabl.plots import plot_posterior_modules, plot_reliability, plot_risk_coverage, plot_training_curves
 from scalabl.results import evaluations
 from scalabl.run_folder import REPORT_FILE, RunFolder
-from scalabl.tables import comparison_table, ood_section, selective_table
+from scalabl.tables import comparison_table, decisions_table, ood_section, selective_table
 
 
 def posterior_summary(history: list[dict[str, Any]]) -> str | None:
@@ -21,6 +21,25 @@ def posterior_summary(history: list[dict[str, Any]]) -> str | None:
         f"Posterior at the end of training: mean sigma {last['sigma']:.4f}, mean mu {last['mu']:.4f}, "
         f"mean sigma/mu {last['sigma_over_mu']:.4f}."
     )
+
+
+def decisions_section(m: dict[str, Any]) -> list[str]:
+    """The decision rules' lines of the report (none before ``scalabl calibrate-decisions``)."""
+    scored = m.get("decisions")
+    if not scored:
+        return []
+    cal = scored["calibration"]
+    return [
+        "## Decisions with guarantees",
+        "",
+        f"Fitted on {cal['n']} questions ({cal['examples']}), S = {cal['n_samples']}; "
+        "scored on the questions above. Conformal sets: split conformal, P(true answer in set) >= 1 - alpha. "
+        "Selective answering: answer when the top probability reaches the threshold; the error rate "
+        "among answered questions is at most the target with probability >= 1 - delta.",
+        "",
+        decisions_table(scored),
+        "",
+    ]
 
 
 def write_run_report(run_dir: str | Path) -> None:
@@ -79,6 +98,7 @@ def write_run_report(run_dir: str | Path) -> None:
         "",
         "![selective](selective.png)",
         "",
+        *decisions_section(m),
         *ood_section({name: m}),
         *training,
     ]

@@ -9,6 +9,7 @@ Layout::
     history.jsonl          one line per training log (loss, NLL, KL, sigma, mu, ...)
     metrics.json           ACC / ECE / NLL / Brier per number of posterior samples, timings, sizes
     predictions.safetensors  predictive log-probs per S and the labels (for later analysis)
+    decisions.json         conformal sets and the selective rule, fitted by `scalabl calibrate-decisions`
     report.md              the tables, with the plots below
     reliability.png        reliability diagram(s)
     selective.png          risk-coverage curves
@@ -41,6 +42,7 @@ METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.jsonl"
 PREDICTIONS_FILE = "predictions.safetensors"
 REPORT_FILE = "report.md"
+DECISIONS_FILE = "decisions.json"
 CHECKPOINT_DIR = "checkpoint"
 RUN_FILES = (
     CONFIG_FILE,
@@ -54,7 +56,8 @@ RUN_FILES = (
     "selective.png",
     "training.png",
 )  # what every finished run holds
-OWN = (*RUN_FILES, "posterior_modules.png", CHECKPOINT_DIR, ".write-test")  # all a run may write
+# all a run may write (decisions.json: fitted later on the run's adapter, dropped when it is retrained)
+OWN = (*RUN_FILES, "posterior_modules.png", DECISIONS_FILE, CHECKPOINT_DIR, ".write-test")
 
 
 class RunFolder:
@@ -119,6 +122,18 @@ class RunFolder:
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         write_json(self.path / METRICS_FILE, metrics)
+
+    # ---- decisions --------------------------------------------------------------------------------
+    def read_decisions(self) -> dict[str, Any] | None:
+        """decisions.json (see :mod:`scalabl.decisions`), or None when none were fitted."""
+        path = self.path / DECISIONS_FILE
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def write_decisions(self, decisions: dict[str, Any]) -> None:
+        write_json(self.path / DECISIONS_FILE, decisions)
+
+    def clear_decisions(self) -> None:
+        (self.path / DECISIONS_FILE).unlink(missing_ok=True)
 
     # ---- history ----------------------------------------------------------------------------------
     def history(self) -> list[dict[str, Any]]:

@@ -18,6 +18,7 @@ from scalabl.config import RunConfig
 from scalabl.evaluation import evaluate_model, untempered_source
 from scalabl.models import load_model
 from scalabl.report import write_run_report
+from scalabl.run_decisions import score_decisions
 from scalabl.run_folder import RunFolder
 
 
@@ -97,6 +98,7 @@ def _train_and_evaluate(
     folder.check_free_space(sum(p.numel() for n, p in blora.model.named_parameters() if "lora_" in n))
     if not resume:
         folder.clear_history()
+    folder.clear_decisions()  # fitted on an earlier adapter
 
     t0 = time.perf_counter()
     if config.from_run:
@@ -173,6 +175,11 @@ def evaluate_run(
     metrics = folder.read_metrics()
     metrics.update(_run_facts(config, blora, len(config.splits().train)))
     metrics.update(evaluate_model(blora, config, folder.path, progress=progress))
+    folder.write_metrics(metrics)
+    decisions = score_decisions(folder)  # the saved rules on the new test predictions
+    metrics.pop("decisions", None)
+    if decisions is not None:
+        metrics["decisions"] = decisions
     folder.write_metrics(metrics)
     write_run_report(folder.path)
     return metrics

@@ -172,6 +172,7 @@ class Scorer:
         subset: Subset | None = None,
         copies: int = 1,
         rows_of: tuple[int, Sequence[int]] | None = None,
+        noise_set: bool = False,
     ) -> torch.Tensor:
         """Class logits for a batch, float32 ``[B, C_max]``, differentiable.
 
@@ -185,6 +186,9 @@ class Scorer:
 
         ``rows_of=(n, rows)``: the examples are rows ``rows`` of a batch of n (data parallelism);
         they get the noise that drawing for the whole batch gives those rows.
+
+        ``noise_set=True`` (with ``sample=True``): the caller has set one noise row per example on
+        every module (:func:`scalabl.predict.set_question_noise`); nothing is drawn.
         """
         encoded = [self.encode(e) for e in examples]
         device = next(model.parameters()).device
@@ -197,7 +201,9 @@ class Scorer:
                 finally:
                     clear_noise(model)
         with sampling(model, sample):
-            if sample and rows_of is not None and rows_of[0] != len(encoded):
+            if sample and noise_set:
+                pass
+            elif sample and rows_of is not None and rows_of[0] != len(encoded):
                 draw_noise(model, rows_of[0], generator)
                 select_noise(model, torch.tensor(list(rows_of[1]), device=device))
             elif sample:

@@ -109,6 +109,37 @@ def selective_table(metrics_by_name: dict[str, dict[str, Any]]) -> str:
     return markdown_table(rows, ["model", "S", *SELECTIVE], headers, dict.fromkeys(SELECTIVE, "{:.3f}"))
 
 
+def decisions_table(scored: dict[str, Any]) -> str:
+    """The decision rules of one run on its test split (``metrics["decisions"]``): each conformal
+    set's target and empirical coverage and mean set size; the selective rule's coverage and risk."""
+    rows = [
+        {
+            "rule": f"conformal set, {score.upper()}",
+            "guarantee": f"coverage >= {1 - scored[score]['alpha']:.2f}",
+            "coverage": scored[score]["coverage"],
+            "size": scored[score]["mean_set_size"],
+        }
+        for score in ("lac", "aps")
+        if score in scored
+    ]
+    sel = scored["selective"]
+    rows.append(
+        {
+            "rule": "selective answering",
+            "guarantee": f"risk <= {sel['target_risk']:.2f} w.p. >= {1 - sel['delta']:.2f}",
+            "coverage": sel["coverage"],
+            "risk": sel["risk"],
+        }
+    )
+    headers = {
+        "coverage": f"coverage ({scored['split']})",
+        "size": "mean set size",
+        "risk": "risk (error | answered)",
+    }
+    formats = {"coverage": "{:.3f}", "size": "{:.2f}", "risk": "{:.3f}"}
+    return markdown_table(rows, ["rule", "guarantee", "coverage", "size", "risk"], headers, formats)
+
+
 def ood_section(metrics_by_name: dict[str, dict[str, Any]]) -> list[str]:
     """Report lines for the shifted tasks (empty when there are none)."""
     rows = [

@@ -53,6 +53,12 @@ class PredictConfig:
         False, "run a batch's S samples as one forward of S x batch sequences (same distribution)"
     )
     seed: int = option(0, "seed of the posterior samples' noise")
+    per_question: bool = option(
+        False,
+        "seed each question's noise by its text and the sample's index, so that its prediction does "
+        "not depend on the batch it is in (predict, serve)",
+        cli=False,
+    )
     progress: bool = option(False, "show a progress bar", cli=False)
 
     def __post_init__(self) -> None:
