@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,8 @@ from scalabl.config import PredictConfig
 from scalabl.decisions import Decisions
 from scalabl.examples import Example
 from scalabl.metrics import mutual_information_per_example, predictive_entropy
+from scalabl.run_folder import RunFolder
+from scalabl.runs import load_run
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,27 @@ class Answerer:
             answer_record(e, prediction.log_probs[i], entropy[i].item(), mi[i].item(), n, decided[i])
             for i, e in enumerate(examples)
         ]
+
+
+def load_answerer(run_dir: str | Path, **predict_options: Any) -> tuple[Answerer, list[str]]:
+    """A run folder's model, its decision rules (if fitted) and how it predicts: the run's own first
+    sample count, batch size and seed unless ``predict_options`` (PredictConfig fields) say otherwise,
+    with per-question noise. Returns the answerer and warnings for the user."""
+    folder = RunFolder(run_dir)
+    config, blora = load_run(run_dir)
+    options = dict(predict_options)
+    n_samples = options.pop("n_samples", config.n_samples[0])
+    predict = replace(config.predict_config(n_samples), per_question=True, **options)
+    raw = folder.read_decisions()
+    decisions = Decisions.from_dict(raw) if raw is not None else None
+    warnings = []
+    effective = blora.method.samples_for(predict.n_samples)
+    if decisions is not None and decisions.calibration.get("n_samples") != effective:
+        warnings.append(
+            f"the run's decisions were calibrated with S = {decisions.calibration.get('n_samples')}; "
+            f"their guarantees are for that S, not {effective}"
+        )
+    return Answerer(blora, predict, decisions), warnings
 
 
 def answer_record(

@@ -1,5 +1,5 @@
-"""The command line: ``scalabl train | evaluate | predict | calibrate-decisions | bench | plan | export |
-methods | demo``.
+"""The command line: ``scalabl train | evaluate | predict | serve | calibrate-decisions | bench | plan |
+export | methods | demo``.
 
 Each command's options are the fields of the config dataclasses (:mod:`scalabl.config`), turned into
 flags by :mod:`scalabl.config.flags`. The parser needs no torch: heavy modules are imported by the
@@ -17,13 +17,12 @@ import warnings
 from dataclasses import replace
 from pathlib import Path
 
-from scalabl.config import MethodConfig, PredictConfig, RunConfig, TrainConfig
-from scalabl.config.decisions import DecisionConfig
+from scalabl.cli_serving import add_serving_commands
+from scalabl.config import MethodConfig, RunConfig, TrainConfig
 from scalabl.config.flags import add_options, dest, given, given_flags
 from scalabl.plan import PlanConfig, plan_for
 
 EVALUATE_OPTIONS = ("n_samples", "max_test", "ood", "sample_modules")
-PREDICT_OPTIONS = ("n_samples", "batch_size", "batch_samples", "seed")
 OVERWRITE_HELP = "write into a folder that already holds files: replace only the files this command writes"
 
 
@@ -81,71 +80,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     metrics = evaluate_run(args.run_dir, progress=not args.quiet, **given(args, RunConfig, EVALUATE_OPTIONS))
     print(comparison_table({metrics["method"]: metrics}))
     print("\n".join(ood_section({metrics["method"]: metrics})))
-    return 0
-
-
-def cmd_predict(args: argparse.Namespace) -> int:
-    from scalabl.answers import Answerer, input_digest, write_answers
-    from scalabl.data import load_jsonl
-    from scalabl.decisions import Decisions
-    from scalabl.run_folder import RunFolder
-    from scalabl.runs import load_run
-
-    examples = load_jsonl(args.input, require_answer=False)  # bad rows fail before the model loads
-    folder = RunFolder(args.run_dir)
-    config, blora = load_run(args.run_dir)
-    options = given(args, PredictConfig, PREDICT_OPTIONS)
-    n_samples = options.pop("n_samples", config.n_samples[0])
-    predict = replace(config.predict_config(n_samples), per_question=True, **options)
-    raw = folder.read_decisions()
-    decisions = Decisions.from_dict(raw) if raw is not None else None
-    effective = blora.method.samples_for(predict.n_samples)
-    if decisions is not None and decisions.calibration.get("n_samples") != effective:
-        print(
-            f"warning: the run's decisions were calibrated with S = {decisions.calibration.get('n_samples')}; "
-            f"their guarantees are for that S, not {effective}",
-            file=sys.stderr,
-        )
-    provenance = {
-        "run": str(folder.path.resolve()),
-        "input": input_digest(args.input),
-        "n_samples": predict.n_samples,
-        "seed": predict.seed,
-        "temperature": blora.temperature,
-        "decisions": raw,
-    }
-    answered = write_answers(
-        Answerer(blora, predict, decisions),
-        examples,
-        args.output,
-        provenance=provenance,
-        overwrite=args.overwrite,
-        progress=not args.quiet,
-    )
-    resumed = len(examples) - answered
-    print(
-        f"{len(examples)} answers written to {args.output}"
-        + (f" ({resumed} from the interrupted run resumed)" if resumed else "")
-        + ("" if decisions else "; no decision rules yet: run 'scalabl calibrate-decisions' for them")
-    )
-    return 0
-
-
-def cmd_calibrate_decisions(args: argparse.Namespace) -> int:
-    from scalabl.report import write_run_report
-    from scalabl.run_decisions import fit_run_decisions
-    from scalabl.run_folder import RunFolder
-    from scalabl.runs import load_run
-    from scalabl.tables import decisions_table
-
-    config, blora = load_run(args.run_dir)
-    folder = RunFolder(args.run_dir)
-    scored = fit_run_decisions(
-        folder, config, blora, DecisionConfig(**given(args, DecisionConfig)), progress=not args.quiet
-    )
-    write_run_report(folder.path)
-    print(decisions_table(scored) if scored else "fitted; no test predictions at that S to score them on")
-    print(f"\ndecision rules written to {folder / 'decisions.json'}")
     return 0
 
 
@@ -317,40 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser(
-        "predict",
-        help="answer new questions from a JSONL file with a trained run",
-        description="One output line per question: the probabilities per choice (the Bayesian model average "
-        "over S posterior samples), the chosen answer and its confidence, the predictive entropy and its "
-        "epistemic part (mutual information), and the run's decisions (conformal sets, answer or abstain). "
-        "An interrupted run resumes where it stopped; the output appears only when complete.",
-    )
-    p.add_argument("run_dir", type=Path, help="a folder written by 'scalabl train'")
-    p.add_argument(
-        "--input", type=Path, required=True, help="JSONL of questions, as for training; 'answer' optional"
-    )
-    p.add_argument("--output", type=Path, required=True, help="JSONL of answers, one line per question")
-    add_options(p, PredictConfig, PREDICT_OPTIONS, default="the run's own")
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace a finished output, or a partial one of other settings",
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_predict)
-
-    p = sub.add_parser(
-        "calibrate-decisions",
-        help="fit conformal answer sets and a selective-answering rule on a run's validation split",
-        description="Fit split-conformal answer sets (LAC and APS scores: P(true answer in set) >= 1 - alpha) "
-        "and a confidence threshold whose error rate among answered questions is at most the target "
-        "with probability >= 1 - delta, on the run's held-out validation questions; save them as "
-        "decisions.json and report their coverage, set size and risk on the test split.",
-    )
-    p.add_argument("run_dir", type=Path, help="a folder written by 'scalabl train'")
-    add_options(p, DecisionConfig)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_calibrate_decisions)
+    add_serving_commands(sub)
 
     _bench_parser(sub)
 

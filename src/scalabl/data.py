@@ -52,7 +52,9 @@ def check_task_name(task: str, field: str = "task") -> None:
         raise ValueError(f"{field}: unknown task {task!r}; allowed: {TASK_HELP}")
 
 
-def _jsonl_example(row: object, where: str, lineno: int, require_answer: bool = True) -> Example:
+def parse_question(row: object, where: str, default_id: str, require_answer: bool = True) -> Example:
+    """One question of the JSONL schema (see the module docstring) from a decoded JSON value; every
+    problem is a ValueError that starts with ``where`` and names the field."""
     if not isinstance(row, dict):
         raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
     unknown = sorted(set(row) - set(JSONL_FIELDS))
@@ -83,7 +85,7 @@ def _jsonl_example(row: object, where: str, lineno: int, require_answer: bool = 
         )
     else:
         label = answer
-    ex_id = row.get("id", f"line-{lineno}")
+    ex_id = row.get("id", default_id)
     if not isinstance(ex_id, str | int) or not str(ex_id):
         raise ValueError(f"{where}: field 'id' must be a non-empty string or an integer")
     context = row.get("context")
@@ -113,7 +115,7 @@ def load_jsonl(path: str | Path, *, require_answer: bool = True) -> list[Example
                 row = json.loads(line)
             except json.JSONDecodeError as err:
                 raise ValueError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
-            ex = _jsonl_example(row, where, lineno, require_answer)
+            ex = parse_question(row, where, f"line-{lineno}", require_answer)
             if ex.id in first_line:
                 raise ValueError(f"{where}: duplicate id {ex.id!r} (first on line {first_line[ex.id]})")
             first_line[ex.id] = lineno

@@ -40,6 +40,9 @@ import torch
 from scalabl.choices import Choice
 
 
+SCORE_TOLERANCE = 1e-9  # float64 rounding of a score, far below any probability a question moves by
+
+
 class ConformalScore(Choice):
     LAC = "lac"
     APS = "aps"
@@ -93,8 +96,10 @@ class ConformalSets:
     n_calibration: int
 
     def sets(self, log_probs: torch.Tensor) -> torch.Tensor:
-        """The answer sets as a bool mask ``[N, C]`` (absent choices never in a set)."""
-        return conformal_scores(log_probs, self.score) <= self.threshold
+        """The answer sets as a bool mask ``[N, C]`` (absent choices never in a set). Scores within
+        ``SCORE_TOLERANCE`` of the threshold count as in: APS's cumulative sums reach 1 give or take
+        rounding, and a set must not change with it (a larger set only adds coverage)."""
+        return conformal_scores(log_probs, self.score) <= self.threshold + SCORE_TOLERANCE
 
 
 def fit_conformal(
