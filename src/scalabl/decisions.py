@@ -39,7 +39,6 @@ import torch
 
 from scalabl.choices import Choice
 
-
 SCORE_TOLERANCE = 1e-9  # float64 rounding of a score, far below any probability a question moves by
 
 

