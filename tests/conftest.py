@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 import torch
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-from scalabl.config import PredictConfig
+from scalabl.config import MethodConfig, PredictConfig, RunConfig, TrainConfig
 from scalabl.examples import Example
 from scalabl.predict import bayesian_model_average, predict_samples
+from scalabl.runs import train_run
 from scalabl.testing import QUANT_HIDDEN, make_byte_tokenizer, make_tiny_llama, save_tiny_model
 
 __all__ = [
@@ -82,3 +84,22 @@ def predicted(model, scorer, examples, *, return_samples: bool = False, **option
     samples = predict_samples(model, scorer, examples, PredictConfig(**options))
     average = bayesian_model_average(samples)
     return (average, samples) if return_samples else average
+
+
+def trained_tiny_run(tmp_path_factory, method: MethodConfig, **run: object) -> tuple[RunConfig, Path]:
+    """A ScalaBL-style run of the tiny saved model on ARC-Easy (two steps, no validation curve),
+    trained into a fresh folder; ``run`` overrides RunConfig fields. Returns its config and folder."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        model_dir = save_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+        config = RunConfig(
+            model=str(model_dir),
+            task="arc_easy",
+            max_train=6,
+            method=method,
+            train=TrainConfig(steps=2, batch_size=3, lr=1e-2, val_size=0),
+            **run,
+        )
+        out = tmp_path_factory.mktemp("runs") / "run"
+        train_run(config, out, progress=False)
+    return config, out

@@ -9,12 +9,12 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import save_tiny_model
+from conftest import trained_tiny_run
 
 from scalabl.answers import Answerer, write_answers
 from scalabl.cli import main
-from scalabl.config import MethodConfig, RunConfig, TrainConfig
-from scalabl.runs import load_run, train_run
+from scalabl.config import MethodConfig
+from scalabl.runs import load_run
 
 QUESTIONS = [
     {"id": "a", "question": "Which is warm?", "choices": ["sun", "snow"], "answer": 0},
@@ -27,24 +27,16 @@ QUESTIONS = [
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        model_dir = save_tiny_model(tmp_path_factory.mktemp("tiny-model"))
-        config = RunConfig(
-            model=str(model_dir),
-            task="arc_easy",
-            max_train=6,
-            max_test=8,
-            n_validation=30,
-            n_samples=(3,),
-            method=MethodConfig(method="scalabl", rank=2, sigma_init=0.5),
-            train=TrainConfig(steps=2, batch_size=3, lr=1e-2, val_size=0),
-        )
-        out = tmp_path_factory.mktemp("runs") / "run"
-        train_run(config, out, progress=False)
-        questions = out.parent / "questions.jsonl"
-        questions.write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS))
-        yield out, questions
+    _, out = trained_tiny_run(
+        tmp_path_factory,
+        MethodConfig(method="scalabl", rank=2, sigma_init=0.5),
+        max_test=8,
+        n_validation=30,
+        n_samples=(3,),
+    )
+    questions = out.parent / "questions.jsonl"
+    questions.write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS))
+    return out, questions
 
 
 def read(path) -> list[dict]:

@@ -10,7 +10,6 @@ from conftest import make_byte_tokenizer, make_tiny_llama, predicted
 from scalabl.bayesian import lora_layers
 from scalabl.examples import Example
 from scalabl.methods import MethodConfig, get_method
-from scalabl.methods.scalabl import ScalaBL
 from scalabl.predict import bayesian_model_average
 from scalabl.scoring import Scorer
 
@@ -21,15 +20,20 @@ EXAMPLES = [
 ]
 
 
-@pytest.fixture
-def model():
-    model = ScalaBL(MethodConfig(rank=4, sigma_init=0.5)).wrap(make_tiny_llama())
+def _wrapped(method: str) -> torch.nn.Module:
+    """The tiny Llama with ``method``'s adapter, r = 4, and a random nonzero B (samples differ)."""
+    model = get_method(MethodConfig(method=method, rank=4, sigma_init=0.5)).wrap(make_tiny_llama())
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for _, layer in lora_layers(model):
             w = layer.lora_B["default"].weight
             w.copy_(0.3 * torch.randn(w.shape, generator=g))
     return model
+
+
+@pytest.fixture
+def model():
+    return _wrapped("scalabl")
 
 
 # ---- bayesian_model_average --------------------------------------------------------------------------
@@ -159,16 +163,6 @@ def test_flipout_samples_are_separate_draws_even_when_batched(method):
 
 
 # ---- per-question noise: a prediction that does not depend on its batch ---------------------------
-def _wrapped(method: str) -> torch.nn.Module:
-    model = get_method(MethodConfig(method=method, rank=4, sigma_init=0.5)).wrap(make_tiny_llama())
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for _, layer in lora_layers(model):
-            w = layer.lora_B["default"].weight
-            w.copy_(0.3 * torch.randn(w.shape, generator=g))
-    return model
-
-
 @pytest.mark.parametrize("method", ["scalabl", "blob", "mcdropout"])
 def test_per_question_noise_gives_each_question_its_prediction_in_any_batch(method, tokenizer):
     model, scorer = _wrapped(method), Scorer(tokenizer)

@@ -7,10 +7,10 @@ import json
 from dataclasses import replace
 
 import pytest
-from conftest import save_tiny_model
+from conftest import trained_tiny_run
 
 from scalabl.cli import main
-from scalabl.config import MethodConfig, RunConfig, TrainConfig
+from scalabl.config import MethodConfig
 from scalabl.config.decisions import DecisionConfig
 from scalabl.run_decisions import calibration_examples, fit_run_decisions
 from scalabl.run_folder import RunFolder
@@ -19,23 +19,14 @@ from scalabl.runs import evaluate_run, load_run, train_run
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        model_dir = save_tiny_model(tmp_path_factory.mktemp("tiny-model"))
-        config = RunConfig(
-            model=str(model_dir),
-            task="arc_easy",
-            max_train=6,
-            max_test=12,
-            n_validation=40,
-            max_validation=10,
-            n_samples=(2,),
-            method=MethodConfig(method="scalabl", rank=2, temperature=True),
-            train=TrainConfig(steps=2, batch_size=3, lr=1e-2, val_size=0),
-        )
-        out = tmp_path_factory.mktemp("runs") / "run"
-        train_run(config, out, progress=False)
-        yield config, out
+    return trained_tiny_run(
+        tmp_path_factory,
+        MethodConfig(method="scalabl", rank=2, temperature=True),
+        max_test=12,
+        n_validation=40,
+        max_validation=10,
+        n_samples=(2,),
+    )
 
 
 def test_the_rules_are_fitted_saved_scored_and_reported(tiny_run, capsys):

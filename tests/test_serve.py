@@ -16,12 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import save_tiny_model
+from conftest import trained_tiny_run
 
 from scalabl.cli import main
-from scalabl.config import MethodConfig, RunConfig, TrainConfig
+from scalabl.config import MethodConfig
 from scalabl.config.serve import ServeConfig
-from scalabl.runs import train_run
 
 KEY = "test-key-0123456789"
 QUESTIONS = [
@@ -92,23 +91,15 @@ class Server:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        model_dir = save_tiny_model(tmp_path_factory.mktemp("tiny-model"))
-        config = RunConfig(
-            model=str(model_dir),
-            task="arc_easy",
-            max_train=6,
-            max_test=8,
-            n_validation=30,
-            n_samples=(3,),
-            method=MethodConfig(method="scalabl", rank=2, sigma_init=0.5),
-            train=TrainConfig(steps=2, batch_size=3, lr=1e-2, val_size=0),
-        )
-        out = tmp_path_factory.mktemp("runs") / "run"
-        train_run(config, out, progress=False)
-        assert main(["calibrate-decisions", str(out), "--quiet"]) == 0
-        yield out
+    _, out = trained_tiny_run(
+        tmp_path_factory,
+        MethodConfig(method="scalabl", rank=2, sigma_init=0.5),
+        max_test=8,
+        n_validation=30,
+        n_samples=(3,),
+    )
+    assert main(["calibrate-decisions", str(out), "--quiet"]) == 0
+    return out
 
 
 @pytest.fixture(scope="module")

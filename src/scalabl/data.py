@@ -33,8 +33,9 @@ from __future__ import annotations
 import functools
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 from scalabl.choices import Source
 from scalabl.examples import Example, Splits
@@ -100,11 +101,19 @@ def parse_question(row: object, where: str, default_id: str, require_answer: boo
     )
 
 
-def load_jsonl(path: str | Path, *, require_answer: bool = True) -> list[Example]:
-    """Read a JSONL file of ``{"question", "choices", "answer"}`` rows (see the module docstring);
-    ``require_answer=False``: ``answer`` may be left out (questions to answer, label None)."""
+class _HasId(Protocol):
+    id: str
+
+
+Row = TypeVar("Row", bound=_HasId)
+
+
+def read_jsonl(path: str | Path, parse: Callable[[object, str, str], Row]) -> list[Row]:
+    """Every non-blank line of a JSONL file through ``parse(value, where, default_id)`` (``where`` =
+    ``PATH:LINE``, the default id ``line-N``): invalid JSON, duplicate ids and an empty file are
+    refused with the file and line; ``parse`` names the field of any other problem."""
     path = Path(path)
-    examples: list[Example] = []
+    rows: list[Row] = []
     first_line: dict[str, int] = {}
     with path.open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, start=1):
@@ -112,17 +121,25 @@ def load_jsonl(path: str | Path, *, require_answer: bool = True) -> list[Example
                 continue
             where = f"{path}:{lineno}"
             try:
-                row = json.loads(line)
+                value = json.loads(line)
             except json.JSONDecodeError as err:
                 raise ValueError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
-            ex = parse_question(row, where, f"line-{lineno}", require_answer)
-            if ex.id in first_line:
-                raise ValueError(f"{where}: duplicate id {ex.id!r} (first on line {first_line[ex.id]})")
-            first_line[ex.id] = lineno
-            examples.append(ex)
-    if not examples:
+            row = parse(value, where, f"line-{lineno}")
+            if row.id in first_line:
+                raise ValueError(f"{where}: duplicate id {row.id!r} (first on line {first_line[row.id]})")
+            first_line[row.id] = lineno
+            rows.append(row)
+    if not rows:
         raise ValueError(f"{path}: no examples (the file is empty)")
-    return examples
+    return rows
+
+
+def load_jsonl(path: str | Path, *, require_answer: bool = True) -> list[Example]:
+    """Read a JSONL file of ``{"question", "choices", "answer"}`` rows (see the module docstring);
+    ``require_answer=False``: ``answer`` may be left out (questions to answer, label None)."""
+    return read_jsonl(
+        path, lambda value, where, default_id: parse_question(value, where, default_id, require_answer)
+    )
 
 
 @functools.cache
@@ -151,7 +168,8 @@ def jsonl_split_sizes(n_pool: int) -> dict[str, int]:
     return {"n_test": max(1, n_pool // 5), "n_validation": max(1, n_pool // 10)}
 
 
-def _shuffled(examples: Sequence[Example], seed: int) -> list[Example]:
+def shuffled_pool(examples: Sequence[Row], seed: int) -> list[Row]:
+    """The examples sorted by id, then shuffled with ``seed``: the split rule's order."""
     pool = sorted(examples, key=lambda e: e.id)
     random.Random(seed).shuffle(pool)
     return pool
@@ -165,7 +183,7 @@ def split_examples(examples: Sequence[Example], *, seed: int = 0, n_validation: 
         raise ValueError(
             f"n_test + n_validation = {n_test} + {n_validation} exceeds the {len(examples)} available examples"
         )
-    pool = _shuffled(examples, seed)
+    pool = shuffled_pool(examples, seed)
     return Splits(
         train=pool[n_test + n_validation :],
         validation=pool[n_test : n_test + n_validation],
@@ -181,14 +199,14 @@ def _hub_splits(
     hub = task.hub()
     if paper and task.paper_tests_validation and hub.validation is not None:
         hub = HubSplits(train=hub.train, validation=None, test=hub.validation)
-    train = _shuffled(hub.train, seed)
+    train = shuffled_pool(hub.train, seed)
     validation = hub.validation
     if validation is None:
         k = n_validation if n_validation is not None else max(1, len(train) // 10)
         validation, train = train[:k], train[k:]
     else:
-        validation = _shuffled(validation, seed)[:n_validation]
-    return Splits(train=train, validation=validation, test=_shuffled(hub.test, seed)[:n_test])
+        validation = shuffled_pool(validation, seed)[:n_validation]
+    return Splits(train=train, validation=validation, test=shuffled_pool(hub.test, seed)[:n_test])
 
 
 def _cap_train(splits: Splits, *caps: int | None) -> Splits:

@@ -25,13 +25,14 @@ import collections
 import functools
 import gzip
 import json
-import random
 import re
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
+
+from scalabl.data import read_jsonl, shuffled_pool
 
 QA_JSONL_PREFIX = "qa_jsonl:"
 QA_FIELDS = ("id", "question", "answers", "context")
@@ -174,26 +175,7 @@ def load_qa_jsonl(path: str | Path) -> list[QAExample]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    out, first_line = [], {}
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
-            example = parse_qa_row(row, where, f"line-{lineno}")
-            if example.id in first_line:
-                raise ValueError(
-                    f"{where}: duplicate id {example.id!r} (first on line {first_line[example.id]})"
-                )
-            first_line[example.id] = lineno
-            out.append(example)
-    if not out:
-        raise ValueError(f"{path}: no examples (the file is empty)")
-    return out
+    return read_jsonl(path, parse_qa_row)
 
 
 @functools.cache
@@ -220,7 +202,7 @@ def load_qa_splits(
         raise ValueError(
             f"{task}: n_test + n_validation = {n_test} + {n_validation} must be >= 0 and fit the {len(pool)} questions"
         )
-    random.Random(seed).shuffle(pool)
+    pool = shuffled_pool(pool, seed)
     return QASplits(
         train=tuple(pool[n_test + n_validation :]),
         validation=tuple(pool[n_test : n_test + n_validation]),

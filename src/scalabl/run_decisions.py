@@ -70,27 +70,31 @@ def fit_run_decisions(
         calibration={"examples": note, "n": len(examples), "n_samples": n_samples, "seed": config.train.seed},
     )
     folder.write_decisions(decisions.to_dict())
-    scored = score_decisions(folder)
+    scored = decision_scores(folder, decisions, metrics.get("eval_split", "test"))
     metrics["decisions"] = scored
     folder.write_metrics(metrics)
     return scored
 
 
-def score_decisions(folder: RunFolder) -> dict[str, Any] | None:
-    """The saved rules scored on the run's test predictions at their calibration S: each set's
-    coverage and mean size, the selective rule's coverage and risk. None without decisions.json or
-    without test predictions at that S."""
+def score_decisions(folder: RunFolder, split: str) -> dict[str, Any] | None:
+    """The rules saved in decisions.json scored on the run's ``split`` predictions
+    (:func:`decision_scores`); None without decisions.json."""
     raw = folder.read_decisions()
-    if raw is None or not (folder / PREDICTIONS_FILE).is_file():
+    return None if raw is None else decision_scores(folder, Decisions.from_dict(raw), split)
+
+
+def decision_scores(folder: RunFolder, decisions: Decisions, split: str) -> dict[str, Any] | None:
+    """``decisions`` scored on the run's stored predictions at their calibration S: each set's
+    coverage and mean size, the selective rule's coverage and risk. None without predictions at that S."""
+    if not (folder / PREDICTIONS_FILE).is_file():
         return None
-    decisions = Decisions.from_dict(raw)
     n_samples = decisions.calibration["n_samples"]
     try:
         probs, labels = folder.predictions(n_samples)
     except KeyError:
         return None
     return {
-        "split": folder.read_metrics().get("eval_split", "test"),
+        "split": split,
         "key": predictions_key(n_samples),
         "calibration": decisions.calibration,
         **decisions.metrics(probs.log(), labels),

@@ -175,8 +175,7 @@ def evaluate_run(
     metrics = folder.read_metrics()
     metrics.update(_run_facts(config, blora, len(config.splits().train)))
     metrics.update(evaluate_model(blora, config, folder.path, progress=progress))
-    folder.write_metrics(metrics)
-    decisions = score_decisions(folder)  # the saved rules on the new test predictions
+    decisions = score_decisions(folder, config.eval_split.value)  # the saved rules on the new predictions
     metrics.pop("decisions", None)
     if decisions is not None:
         metrics["decisions"] = decisions
