@@ -221,14 +221,14 @@ def test_gradient_checkpointing_gives_the_same_gradients(method):
     plain = BayesianLoRA(make_tiny_llama(), tok, config, seed=1)
     checkpointed = BayesianLoRA(make_tiny_llama(), tok, config, seed=1, gradient_checkpointing=True)
     assert any(getattr(m, "gradient_checkpointing", False) for m in checkpointed.model.modules())
-    assert not checkpointed.train_scorer.reuse_prompt and checkpointed.scorer.reuse_prompt
+    assert not checkpointed.train_scorer().reuse_prompt and checkpointed.scorer.reuse_prompt
     with torch.no_grad():  # B = 0 at init: make the adapter matter so every gradient is nonzero
         for a, b in zip(plain.model.parameters(), checkpointed.model.parameters(), strict=True):
             if a.requires_grad:
                 a.add_(0.1)
                 b.add_(0.1)
     expected = _one_step_grads(plain, examples, Scorer(tok, reuse_prompt=False))
-    got = _one_step_grads(checkpointed, examples, checkpointed.train_scorer)
+    got = _one_step_grads(checkpointed, examples, checkpointed.train_scorer())
     assert expected.keys() == got.keys() and expected
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-7, msg=name)

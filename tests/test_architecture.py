@@ -117,9 +117,13 @@ def test_the_config_layer_needs_no_model_code():
     """Options are read without torch: config imports only choices, data and tasks of scalabl."""
     for module, deps in GRAPH.items():
         if module.startswith("scalabl.config"):
-            assert deps <= {"scalabl.choices", "scalabl.data", "scalabl.tasks", "scalabl.examples"} | {
-                m for m in MODULES if m.startswith("scalabl.config")
-            }, module
+            assert deps <= {
+                "scalabl.choices",
+                "scalabl.data",
+                "scalabl.qa",
+                "scalabl.tasks",
+                "scalabl.examples",
+            } | {m for m in MODULES if m.startswith("scalabl.config")}, module
 
 
 @pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(SRC)))

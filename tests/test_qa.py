@@ -77,4 +77,4 @@ def test_a_users_file_and_its_errors(tmp_path):
     with pytest.raises(ValueError, match="must be >= 0 and fit"):
         load_qa_splits(QA_JSONL_PREFIX + str(good), n_test=2, n_validation=1)
     with pytest.raises(ValueError, match="unknown open QA task"):
-        load_qa_splits("squad")
+        load_qa_splits("no_such_qa")

@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from scalabl import __version__
+from scalabl.answer_scoring import AnswerScorer
 from scalabl.bayesian import lora_layers
 from scalabl.calibration import apply_temperature, fit_temperature
 from scalabl.choices import DEFAULT_LENGTH_NORM, LengthNorm, MethodName, Scoring, Truncation
@@ -34,6 +35,7 @@ from scalabl.io import atomic_path, write_json
 from scalabl.methods import get_method
 from scalabl.metrics import compute_metrics
 from scalabl.predict import bayesian_model_average
+from scalabl.qa import QAExample
 from scalabl.scoring import Scorer
 
 ADAPTER_FILE = "adapter.safetensors"
@@ -119,13 +121,20 @@ class BayesianLoRA:
         # are this model's before a temperature
         self.same_as_run: Path | None = None
 
-    @property
-    def train_scorer(self) -> Scorer:
-        """The scorer training uses: ``scorer``, or its cache-free twin under gradient checkpointing
-        (a checkpointed forward keeps no KV cache, so each choice is scored with its prompt)."""
-        if not self.gradient_checkpointing:
-            return self.scorer
+    def train_scorer(self, answers: bool = False) -> Scorer:
+        """The scorer training uses: ``scorer`` (``answers``: an :class:`AnswerScorer` with its
+        settings, for open questions), or its cache-free twin under gradient checkpointing (a
+        checkpointed forward keeps no KV cache, so each choice is scored with its prompt)."""
         s = self.scorer
+        if answers:
+            return AnswerScorer(
+                s.tokenizer,
+                max_length=s.max_length,
+                truncation=s.truncation,
+                reuse_prompt=not self.gradient_checkpointing,
+            )
+        if not self.gradient_checkpointing:
+            return s
         return Scorer(
             s.tokenizer,
             s.mode,
@@ -171,9 +180,10 @@ class BayesianLoRA:
         end; ``resume=True`` continues from the checkpoint found there.
         """
         config = replace(config or TrainConfig(), **overrides)
+        answers = bool(train) and isinstance(train[0], QAExample)  # open questions: loss on the answer
         self.history = self.method.fit(
             self.model,
-            self.train_scorer,
+            self.train_scorer(answers),
             train,
             config,
             checkpoint_dir=checkpoint_dir,

@@ -13,6 +13,7 @@ from typing import Any
 
 from scalabl.choices import LengthNorm
 from scalabl.config import RunConfig
+from scalabl.config.generate import GenerateConfig
 from scalabl.methods import METHODS
 from scalabl.plan import default_targets_for
 
@@ -33,6 +34,7 @@ HASH_OMIT_AT_DEFAULT: dict[str, Any] = {
     "method.noise_sharing": "module",
     "method.covariance": "diagonal",
     "method.prior_fit": "fixed",
+    "generate": GenerateConfig().to_dict(),
 }
 
 

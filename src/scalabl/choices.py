@@ -110,6 +110,20 @@ class EvalSplit(Choice):
 DEFAULT_LENGTH_NORM = LengthNorm.CHARS
 
 
+class Decoding(Choice):
+    """How each posterior sample (or a deterministic model's S draws) writes its answer."""
+
+    GREEDY = "greedy"  # the most likely next token at each step
+    SAMPLE = "sample"  # a token drawn from the (temperature-scaled) next-token distribution
+
+
+class AnswerMatch(Choice):
+    """When two generated answers mean the same (semantic entropy's clusters), offline."""
+
+    EXACT = "exact"  # equal after SQuAD normalisation
+    F1 = "f1"  # token F1 at least the threshold, either way
+
+
 class Recipe(Choice):
     ELBO = "elbo"
     BLOB = "blob"

@@ -26,16 +26,26 @@ def packs_4bit_for_cpu(model: nn.Module) -> bool:
 def validation_scores(
     model: nn.Module, scorer: Scorer, examples: Sequence[Example], batch_size: int
 ) -> dict[str, float]:
-    """Mean NLL and accuracy of the posterior-mean model on ``examples``; draws nothing random, so
-    the training that goes on is the same with or without it."""
+    """Mean NLL and accuracy of the posterior-mean model on ``examples`` (for answers: the NLL per
+    answer token, no accuracy); draws nothing random, so the training that goes on is the same with
+    or without it."""
     model.eval()
-    nll, correct = 0.0, 0.0
+    nll, correct, weight = 0.0, 0.0, 0.0
     with torch.no_grad():
         for i in range(0, len(examples), 2 * batch_size):
             batch = examples[i : i + 2 * batch_size]
-            log_probs = torch.log_softmax(scorer.class_logits(model, batch, sample=False).double(), -1).cpu()
+            logits = scorer.class_logits(model, batch, sample=False).double()
+            if not scorer.classifies:  # per answer token: weighted by the batch's tokens
+                tokens = float(scorer.answer_tokens(batch).sum())
+                nll += scorer.loss(logits, batch).item() * tokens
+                weight += tokens
+                continue
+            log_probs = torch.log_softmax(logits, -1).cpu()
             labels = torch.tensor([e.label for e in batch])
             nll += negative_log_likelihood(log_probs, labels) * len(batch)
             correct += accuracy(log_probs.exp(), labels) * len(batch)
+            weight += len(batch)
     model.train()
-    return {"val_nll": nll / len(examples), "val_acc": correct / len(examples)}
+    if not scorer.classifies:
+        return {"val_nll": nll / weight}
+    return {"val_nll": nll / weight, "val_acc": correct / weight}

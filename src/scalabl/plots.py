@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 
 from scalabl.io import atomic_path
 from scalabl.metrics import expected_calibration_error, reliability_bins, risk_coverage
+from scalabl.rejection import prediction_rejection_ratio, rejection_curve
 
 __all__ = ["plot_posterior_modules", "plot_reliability", "plot_risk_coverage", "plot_training_curves"]
 
@@ -198,4 +199,35 @@ def plot_posterior_modules(history: Sequence[Mapping[str, Any]], path: str | os.
     )
     right.grid(alpha=0.3)
     right.legend(fontsize="small", ncols=2)
+    _save_png(fig, path)
+
+
+def plot_rejection_curves(
+    curves: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    path: str | os.PathLike,
+    title: str | None = None,
+) -> None:
+    """Save a PNG of the accuracy-rejection curve of each uncertainty score: the accuracy of the
+    answers kept when the most uncertain are rejected first. ``curves`` maps a score's name to
+    ``(uncertainty [N], correct [N])``; the legend gives each curve's PRR, the oracle and random
+    rejection are drawn for reference."""
+    if not curves:
+        raise ValueError("plot_rejection_curves needs at least one curve")
+    fig = Figure(figsize=(5.6, 4.2), layout="constrained")
+    ax = fig.subplots()
+    quality = next(iter(curves.values()))[1].astype(np.float64)
+    x, oracle = rejection_curve(-quality, quality)
+    ax.plot(x, oracle, color="0.5", linestyle=":", label="oracle")
+    ax.axhline(quality.mean(), color="0.5", linestyle="--", label="random")
+    for name, (uncertainty, correct) in curves.items():
+        x, kept = rejection_curve(uncertainty, correct.astype(np.float64))
+        prr = prediction_rejection_ratio(uncertainty, correct.astype(np.float64))
+        ax.plot(x, kept, label=f"{name} (PRR {prr:.2f})")
+    ax.set_xlabel("fraction rejected (most uncertain first)")
+    ax.set_ylabel("accuracy of the answers kept")
+    ax.set_xlim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    if title:
+        ax.set_title(title)
     _save_png(fig, path)

@@ -36,8 +36,9 @@ def bayesian_model_average(sample_log_probs: torch.Tensor) -> torch.Tensor:
 
 def question_seed(seed: int, example: Example, sample: int) -> int:
     """The noise seed of ``example``'s ``sample``-th posterior sample: a hash of the seed, the
-    question's text (context, question, choices) and the sample index."""
-    text = json.dumps([seed, sample, example.context, example.question, list(example.choices)])
+    question's text (context, question, choices; an open question has none) and the sample index."""
+    choices = list(getattr(example, "choices", ()))
+    text = json.dumps([seed, sample, example.context, example.question, choices])
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & (2**63 - 1)
 
 

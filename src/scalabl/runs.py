@@ -20,6 +20,7 @@ from scalabl.models import load_model
 from scalabl.report import write_run_report
 from scalabl.run_decisions import score_decisions
 from scalabl.run_folder import RunFolder
+from scalabl.run_generation import evaluate_generation
 
 
 def _run_facts(config: RunConfig, blora: BayesianLoRA, n_train: int) -> dict[str, Any]:
@@ -133,11 +134,18 @@ def _train_and_evaluate(
         "fitted": fitted,
         "final_train_nll": blora.history[-1]["nll"] if blora.history else None,
     }
-    untempered = untempered_source(config, blora)
-    metrics.update(evaluate_model(blora, config, folder.path, progress=progress, untempered=untempered))
+    metrics.update(_evaluate(blora, config, folder, progress=progress))
     folder.write_metrics(metrics)
     write_run_report(folder.path)
     return metrics
+
+
+def _evaluate(blora: BayesianLoRA, config: RunConfig, folder: RunFolder, *, progress: bool) -> dict[str, Any]:
+    """The evaluation a run's task has: answers generated for an open QA task, chosen otherwise."""
+    if config.open_qa:
+        return evaluate_generation(blora, config, folder.path, progress=progress)
+    untempered = untempered_source(config, blora)
+    return evaluate_model(blora, config, folder.path, progress=progress, untempered=untempered)
 
 
 def resume_run(run_dir: str | Path, *, progress: bool = True) -> dict[str, Any]:
@@ -174,8 +182,10 @@ def evaluate_run(
     config = replace(config, **{k: v for k, v in given if v})
     metrics = folder.read_metrics()
     metrics.update(_run_facts(config, blora, len(config.splits().train)))
-    metrics.update(evaluate_model(blora, config, folder.path, progress=progress))
-    decisions = score_decisions(folder, config.eval_split.value)  # the saved rules on the new predictions
+    metrics.update(_evaluate(blora, config, folder, progress=progress))
+    decisions = (
+        None if config.open_qa else score_decisions(folder, config.eval_split.value)
+    )  # the saved rules on the new predictions
     metrics.pop("decisions", None)
     if decisions is not None:
         metrics["decisions"] = decisions

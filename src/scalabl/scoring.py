@@ -81,6 +81,8 @@ class Encoded:
 class Scorer:
     """Computes class logits ``[B, C_max]`` (``-inf`` where an example has fewer choices)."""
 
+    classifies = True  # a row's logits are over its choices; its label says which is right
+
     def __init__(
         self,
         tokenizer: PreTrainedTokenizerBase,
@@ -159,6 +161,11 @@ class Scorer:
         enc = Encoded(prompt, choices, len(example.choices), chars)
         self._cache[example] = enc
         return enc
+
+    def loss(self, logits: torch.Tensor, examples: Sequence[Example]) -> torch.Tensor:
+        """The training loss of a batch: the mean cross-entropy of the labelled choices."""
+        labels = torch.tensor([e.label for e in examples], device=logits.device)
+        return torch.nn.functional.cross_entropy(logits, labels)
 
     # ---- scoring ------------------------------------------------------------------------------
     def class_logits(

@@ -140,6 +140,25 @@ def decisions_table(scored: dict[str, Any]) -> str:
     return markdown_table(rows, ["rule", "guarantee", "coverage", "size", "risk"], headers, formats)
 
 
+def generation_scores_table(metrics_by_name: dict[str, dict[str, Any]]) -> str:
+    """Accuracy of each run's generated answers, and the AUROC / PRR of every uncertainty score it has."""
+    names = list(metrics_by_name)
+    scores = list(dict.fromkeys(k for m in metrics_by_name.values() for k in m["generation"]["scores"]))
+    rows: list[dict] = [
+        {
+            "score": "accuracy (EM)",
+            **{n: f"{m['generation']['accuracy']:.3f}" for n, m in metrics_by_name.items()},
+        }
+    ]
+    for score in scores:
+        row: dict[str, Any] = {"score": f"{score}: AUROC / PRR"}
+        for n, m in metrics_by_name.items():
+            q = m["generation"]["scores"].get(score)
+            row[n] = f"{q['auroc']:.3f} / {q['prr']:.3f}" if q else ""
+        rows.append(row)
+    return markdown_table(rows, ["score", *names])
+
+
 def ood_section(metrics_by_name: dict[str, dict[str, Any]]) -> list[str]:
     """Report lines for the shifted tasks (empty when there are none)."""
     rows = [

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
@@ -238,9 +237,8 @@ def nll_backward(
     batches: BatchStream,
     generator: torch.Generator,
 ) -> float:
-    """Backward of the mean NLL over ``grad_accum`` micro-batches, one posterior sample per example;
-    returns the NLL."""
-    device = next(model.parameters()).device
+    """Backward of the mean NLL (the scorer's loss: of the labelled choice, or per answer token)
+    over ``grad_accum`` micro-batches, one posterior sample per example; returns the NLL."""
     nll_sum = 0.0
     for _ in range(config.grad_accum):
         batch = [train[i] for i in batches.next()]
@@ -249,7 +247,6 @@ def nll_backward(
         n_global = len(batch)
         rows = distributed.my_rows(n_global)
         batch = [batch[r] for r in rows]
-        labels = torch.tensor([e.label for e in batch], device=device)
         # The sample stays drawn (and the modules sampling) until backward is done: with gradient
         # checkpointing the backward re-runs the forward and must see the same sample.
         with sampling(model, True):
@@ -257,7 +254,7 @@ def nll_backward(
                 logits = scorer.class_logits(
                     model, batch, sample=True, generator=generator, keep_noise=True, rows_of=(n_global, rows)
                 )
-                nll = F.cross_entropy(logits, labels)
+                nll = scorer.loss(logits, batch)
                 (nll / config.grad_accum).backward()
             finally:
                 clear_noise(model)

@@ -23,10 +23,12 @@ from scalabl.choices import (
     Truncation,
 )
 from scalabl.config.fields import JSONConfig, check_fields, coerce_choices, option, positive_ints, same_as
+from scalabl.config.generate import GenerateConfig
 from scalabl.config.method import MethodConfig
 from scalabl.config.predict import PredictConfig, check_sample_count, parse_sample_modules
 from scalabl.config.train import TrainConfig
 from scalabl.data import TASK_HELP, Splits, check_task_name, load_splits
+from scalabl.qa import QASplits, is_qa_task, load_qa_splits
 
 # methods FSDP runs: trained end to end, no post-hoc fit over a gathered model
 FSDP_METHODS = (MethodName.MLE, MethodName.MAP, MethodName.SCALABL, MethodName.BLOB, MethodName.MCDROPOUT)
@@ -88,12 +90,16 @@ class RunConfig(JSONConfig):
     )
     method: MethodConfig = option(default_factory=MethodConfig, cli=False)
     train: TrainConfig = option(default_factory=TrainConfig, cli=False)
+    generate: GenerateConfig = option(default_factory=GenerateConfig, cli=False)
 
     def __post_init__(self) -> None:
         coerce_choices(self)
         if self.device != "auto" and not self.device.startswith(DEVICES):
             raise ValueError(f"device: {self.device!r}; allowed: auto, cpu, cuda[:N], mps, xpu")
-        check_task_name(self.task)
+        if is_qa_task(self.task):
+            self._check_open_qa()
+        else:
+            check_task_name(self.task)
         self.n_samples = tuple(self.n_samples)
         self.ood = tuple(self.ood)
         for task in self.ood:
@@ -123,6 +129,24 @@ class RunConfig(JSONConfig):
                 f"not {self.method.method.value!r}{' from a run' if self.from_run else ''}"
             )
 
+    @property
+    def open_qa(self) -> bool:
+        """Whether the task is open-ended QA (answers generated, not chosen)."""
+        return is_qa_task(self.task)
+
+    def _check_open_qa(self) -> None:
+        """What a run on an open QA task cannot do (its answers are generated, not chosen)."""
+        if self.method.method in POST_HOC_METHODS or self.method.temperature:
+            raise ValueError(
+                f"task {self.task!r}: open QA runs train their adapter end to end; "
+                f"{self.method.method.value}{' with --temperature' if self.method.temperature else ''} "
+                "fits on choices (allowed: mle, map, scalabl, mcdropout, ensemble, blob)"
+            )
+        if self.ood:
+            raise ValueError(f"task {self.task!r}: --ood is for multiple-choice tasks")
+        if self.scoring != Scoring.CONTINUATION:
+            raise ValueError(f"task {self.task!r}: answers are scored as continuations, not letters")
+
     def predict_config(self, n_samples: int, *, progress: bool = False) -> PredictConfig:
         """How this run predicts with ``n_samples`` posterior samples."""
         return PredictConfig(
@@ -140,9 +164,18 @@ class RunConfig(JSONConfig):
         check_fields(cls, d, cls.label)
         d["method"] = MethodConfig.from_dict(d.get("method", {}))
         d["train"] = TrainConfig.from_dict(d.get("train", {}))
+        d["generate"] = GenerateConfig.from_dict(d.get("generate", {}))
         return cls(**d)
 
-    def splits(self) -> Splits:
+    def splits(self) -> Splits | QASplits:
+        if self.open_qa:
+            return load_qa_splits(
+                self.task,
+                seed=self.split_seed,
+                n_test=self.n_test,
+                n_validation=self.n_validation,
+                max_train=self.max_train,
+            )
         return load_splits(
             self.task,
             seed=self.split_seed,

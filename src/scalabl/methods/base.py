@@ -7,7 +7,8 @@ training is the one loop of :mod:`scalabl.train`, prediction the one of :mod:`sc
 from __future__ import annotations
 
 from abc import ABC
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -17,11 +18,11 @@ from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dic
 from torch import nn
 
 from scalabl.architectures import resolve_targets, untied_head_adapter
-from scalabl.bayesian import bayesian_modules, lora_layers
+from scalabl.bayesian import bayesian_modules, clear_noise, draw_noise, lora_layers, sampling
 from scalabl.config import MethodConfig, PredictConfig, TrainConfig
 from scalabl.distributed import full
 from scalabl.examples import Example
-from scalabl.predict import predict_samples
+from scalabl.predict import predict_samples, set_question_noise
 from scalabl.scoring import Scorer
 from scalabl.train import fit
 
@@ -53,6 +54,7 @@ class Method(ABC):
     description: ClassVar[str]
     reference: ClassVar[str] = ""
     bayesian: ClassVar[bool] = False  # predictions depend on n_samples
+    has_mean: ClassVar[bool] = True  # one model stands for the posterior (the ensemble has none)
     default_dropout: ClassVar[float] = 0.0
     default_prior_std: ClassVar[float] = 1.0
     default_sigma_init: ClassVar[float] = 0.05
@@ -187,6 +189,27 @@ class Method(ABC):
         return predict_samples(
             model, scorer, examples, replace(config, n_samples=self.samples_for(config.n_samples))
         )
+
+    @contextmanager
+    def posterior_sample(
+        self, model: nn.Module, k: int, questions: Sequence[object], seed: int, generator: torch.Generator
+    ) -> Iterator[None]:
+        """Hold posterior sample ``k`` on the model for a batch of ``questions`` (one sequence each),
+        for as many forwards as the caller runs: a generated answer, token by token, then the scores
+        of answers, all under that one sample. Per-sequence noise is seeded by each question's text
+        (:func:`scalabl.predict.set_question_noise`), so a question's sample does not depend on its
+        batch; other noise is drawn from ``generator`` (MC dropout's masks are drawn anew in each
+        forward from the seed drawn here)."""
+        with sampling(model, True):
+            modules = bayesian_modules(model)
+            if modules and all(m.stackable for m in modules):
+                set_question_noise(model, questions, seed, [k])
+            else:
+                draw_noise(model, len(questions), generator)
+            try:
+                yield
+            finally:
+                clear_noise(model)
 
     # ---- 5. persist -------------------------------------------------------------------------------
     def adapter_state(self, model: PeftModel) -> dict[str, torch.Tensor]:

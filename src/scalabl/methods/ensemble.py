@@ -9,7 +9,8 @@ members are the "samples" of the model average, whatever ``n_samples`` says.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ SEPARATOR = "::"  # saved keys are "member{k}::{peft key}"
 class Ensemble(Method):
     name = "ensemble"
     description = "K independent LoRA adapters trained one after another; their predictions averaged"
+    has_mean = False  # no single mean model: a generated answer is the members' majority
     reference = "Lakshminarayanan et al., NeurIPS 2017, arXiv:1612.01474; Wang et al. 2023, arXiv:2310.00035"
 
     @property
@@ -102,6 +104,17 @@ class Ensemble(Method):
         finally:
             model.set_adapter(self.members[0])
         return torch.stack(samples)
+
+    @contextmanager
+    def posterior_sample(
+        self, model: nn.Module, k: int, questions: Sequence[object], seed: int, generator: torch.Generator
+    ) -> Iterator[None]:
+        """Member ``k`` (of K) is the k-th sample."""
+        model.set_adapter(self.members[k % len(self.members)])
+        try:
+            yield
+        finally:
+            model.set_adapter(self.members[0])
 
     def samples_for(self, requested: int) -> int:
         return self.config.ensemble_size

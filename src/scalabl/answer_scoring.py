@@ -1,0 +1,100 @@
+"""The log-likelihood of a free-form answer after its question: what fine-tuning on (question,
+answer) pairs minimises and what the uncertainty scores of generated answers read.
+
+An answer is scored as the continuation ``" " + answer + "\\n"`` of the multiple-choice prompt
+``"Question: ...\\nAnswer:"`` (:func:`scalabl.scoring.continuation_prompt`, with the context above
+it): the model learns to end its answer with the newline that generation stops at. Only the answer
+tokens (and the newline) count; the prompt's tokens carry no loss.
+
+:class:`AnswerScorer` is a :class:`scalabl.scoring.Scorer` with one "choice" per row, so a row's
+class logit is the summed log-likelihood of its answer, and everything the scorer does for
+posterior samples (one noise row per sequence, the prompt's KV cache, data-parallel rows, gradient
+checkpointing's cache-free path) serves answers unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from scalabl.choices import LengthNorm, Scoring, Truncation
+from scalabl.qa import QAExample
+from scalabl.scoring import Encoded, Scorer, continuation_prompt
+
+STOP = "\n"  # an answer's end: trained after every answer, and the stop string of generation
+
+
+@dataclass(frozen=True)
+class ScoredAnswer:
+    """An answer text to score after ``example``'s question (a generated one, or a reference)."""
+
+    example: QAExample
+    text: str
+
+
+def answer_prompt(example: QAExample) -> str:
+    """The prompt an answer follows (the multiple-choice tasks' continuation prompt)."""
+    return continuation_prompt(example)  # reads only .context and .question
+
+
+class AnswerScorer(Scorer):
+    """Summed log-likelihood ``[B, 1]`` of each row's answer: a :class:`QAExample`'s first reference
+    (its training target) or a :class:`ScoredAnswer`'s text."""
+
+    classifies = False  # a row's score is a log-likelihood, not one of several classes
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        max_length: int | None = None,
+        truncation: str = Truncation.LEFT,
+        reuse_prompt: bool = True,
+    ) -> None:
+        super().__init__(
+            tokenizer,
+            Scoring.CONTINUATION,
+            length_norm=LengthNorm.NONE,
+            max_length=max_length,
+            truncation=truncation,
+            reuse_prompt=reuse_prompt,
+        )
+
+    def prompt_ids(self, example: QAExample) -> list[int]:
+        """The prompt's token ids, before any truncation (:meth:`fit_prompt`)."""
+        return self.tokenizer.encode(answer_prompt(example), add_special_tokens=True)
+
+    def encode(self, item: QAExample | ScoredAnswer) -> Encoded:  # type: ignore[override]
+        if item in self._cache:
+            return self._cache[item]
+        example, text = (
+            (item.example, item.text) if isinstance(item, ScoredAnswer) else (item, item.answers[0])
+        )
+        target = self.tokenizer.encode(" " + text.strip() + STOP, add_special_tokens=False)
+        prompt = self.fit_prompt(self.prompt_ids(example), len(target), example.id)
+        encoded = Encoded(prompt, [target], 1, (len(" " + text.strip() + STOP),))
+        self._cache[item] = encoded
+        return encoded
+
+    def fit_prompt(self, prompt: list[int], room: int, example_id: str) -> list[int]:
+        """``prompt`` cut from the left (or refused) so that ``room`` tokens fit after it."""
+        budget = self.max_length - room
+        if budget < 1:
+            raise ValueError(f"question {example_id}: {room} answer tokens leave no room for the prompt")
+        if len(prompt) > budget and self.truncation == Truncation.ERROR:
+            raise ValueError(
+                f"question {example_id}: prompt of {len(prompt)} tokens does not fit the model context of "
+                f"{self.max_length} tokens with {room} answer tokens; shorten it or allow truncation='left'"
+            )
+        return prompt[-budget:]
+
+    def answer_tokens(self, items: Sequence[QAExample | ScoredAnswer]) -> torch.Tensor:
+        """The number of scored tokens of each row ``[B]``."""
+        return torch.tensor([len(self.encode(x).choices[0]) for x in items])
+
+    def loss(self, logits: torch.Tensor, items: Sequence[QAExample | ScoredAnswer]) -> torch.Tensor:
+        """Mean negative log-likelihood per answer token over the batch (supervised fine-tuning's loss)."""
+        return -logits[:, 0].sum() / self.answer_tokens(items).sum().to(logits.device)

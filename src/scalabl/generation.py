@@ -1,0 +1,215 @@
+"""Answers to open questions from a (Bayesian) adapter: the posterior-mean answer, one answer per
+posterior sample, and each answer's log-likelihood under every sample.
+
+For a batch of questions (:func:`generate_answers`):
+
+1. the **answer**: greedy decoding at the posterior mean (no noise, no dropout). An ensemble has no
+   mean model: its answer is the one most of its members give (ties: the lowest member's);
+2. **S answers**, one per posterior sample k = 1..S (:meth:`scalabl.methods.base.Method.posterior_sample`
+   holds sample k for the whole answer), greedy or sampled. A deterministic model has no posterior:
+   with sampled decoding it gives S draws of its own distribution, with greedy decoding none;
+3. **likelihoods**: every distinct answer of the question (the answer first) scored under every
+   model of the average, ``loglik[k, u] = log p_k(u | x)``, under the same sample that wrote
+   answer k (MC dropout draws its masks anew in each forward, so its sample is not one fixed model);
+   and the answer's log-likelihood under the posterior mean (the single-model score).
+
+Decoding runs transformers' ``generate`` (KV cache, stop string ``"\\n"``, left-padded batches).
+The uncertainty scores computed from these are :mod:`scalabl.uncertainty`'s.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from scalabl.answer_scoring import STOP, AnswerScorer, ScoredAnswer
+from scalabl.bayesian import bayesian_modules, sampling, select_noise
+from scalabl.choices import Decoding
+from scalabl.config.generate import GenerateConfig
+from scalabl.qa import QAExample, normalize_answer
+
+
+@dataclass
+class Generated:
+    """One question's answers and their likelihoods (see the module docstring)."""
+
+    example: QAExample
+    answer: str
+    samples: list[str]
+    texts: list[str]  # the distinct answers, ``answer`` first
+    loglik: np.ndarray  # [K, U]: log p_k(texts[u] | x) under each model k of the average (K >= 1)
+    answer_loglik_single: float  # log p(answer | x) under the posterior mean
+    answer_tokens: int  # tokens of the scored answer (with its stop)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "id": self.example.id,
+            "question": self.example.question,
+            "answer": self.answer,
+            "samples": self.samples,
+            "texts": self.texts,
+            "loglik": self.loglik.tolist(),
+            "answer_loglik_single": self.answer_loglik_single,
+            "answer_tokens": self.answer_tokens,
+        }
+
+
+@dataclass
+class Timing:
+    """Seconds spent on the posterior-mean answers and on what the S samples add."""
+
+    answer: float = 0.0
+    samples: float = 0.0
+    scoring: float = 0.0
+
+    def to_dict(self) -> dict[str, float]:
+        total = self.answer + self.samples + self.scoring
+        return {
+            "answer_seconds": self.answer,
+            "samples_seconds": self.samples,
+            "scoring_seconds": self.scoring,
+            "cost_vs_one_answer": total / self.answer if self.answer else float("nan"),
+        }
+
+
+def majority(answers: Sequence[str]) -> str:
+    """The answer given most often (compared normalised; ties: the earliest), as first written."""
+    counts = collections.Counter(normalize_answer(a) for a in answers)
+    best = max(counts.values())
+    return next(a for a in answers if counts[normalize_answer(a)] == best)
+
+
+def _cut(text: str) -> str:
+    return text.split(STOP, 1)[0].strip()
+
+
+@torch.no_grad()
+def _decode(
+    model, tokenizer, scorer: AnswerScorer, batch: Sequence[QAExample], config: GenerateConfig, seed: int
+):
+    """One answer per question under whatever sample the model holds now."""
+    prompts = [scorer.fit_prompt(scorer.prompt_ids(q), config.max_new_tokens, q.id) for q in batch]
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), scorer.pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p) :] = torch.tensor(p)
+        mask[i, width - len(p) :] = 1
+    device = next(model.parameters()).device
+    sampled = config.decoding == Decoding.SAMPLE
+    options = (
+        {"do_sample": True, "temperature": config.temperature, "top_k": 0}
+        if sampled
+        else {"do_sample": False}
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # sampled decoding draws its tokens from the global RNG
+        out = model.generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            max_new_tokens=config.max_new_tokens,
+            stop_strings=[STOP],
+            tokenizer=tokenizer,
+            pad_token_id=scorer.pad_id,
+            **options,
+        )
+    new = out[:, width:].cpu()
+    return [_cut(tokenizer.decode(row, skip_special_tokens=True)) for row in new]
+
+
+def _score(
+    model, scorer: AnswerScorer, rows: list[ScoredAnswer], index: torch.Tensor, sampled: bool
+) -> torch.Tensor:
+    """Summed log-likelihood of each row's answer; row r belongs to question ``index[r]`` and, when
+    ``sampled``, sees that question's noise row."""
+    if sampled:
+        select_noise(model, index.to(next(model.parameters()).device))
+        return scorer.class_logits(model, rows, sample=True, noise_set=True)[:, 0].double().cpu()
+    return scorer.class_logits(model, rows, sample=False)[:, 0].double().cpu()
+
+
+def generate_answers(
+    blora,
+    examples: Sequence[QAExample],
+    config: GenerateConfig,
+    timing: Timing | None = None,
+    *,
+    progress: bool = False,
+) -> list[Generated]:
+    """The answers of ``examples`` (see the module docstring), in their order; ``timing`` (if given)
+    adds up the seconds of the greedy answers, of the S sampled ones and of the scoring."""
+    model, method = blora.model, blora.method
+    scorer = AnswerScorer(
+        blora.tokenizer, max_length=blora.scorer.max_length, truncation=blora.scorer.truncation
+    )
+    timing = timing if timing is not None else Timing()
+    k_models = method.samples_for(config.n_samples)  # 0: a deterministic model, no posterior
+    n_answers = k_models or (config.n_samples if config.decoding == Decoding.SAMPLE else 0)
+    noise = bool(bayesian_modules(model))  # a posterior sample is module noise (else: an ensemble member)
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator().manual_seed(config.seed)
+    results: list[Generated] = []
+    batches = range(0, len(examples), config.batch_size)
+    for start in tqdm(batches, desc="generate", disable=not progress, dynamic_ncols=True):
+        batch = list(examples[start : start + config.batch_size])
+
+        def held(k: int, batch: list[QAExample] = batch) -> AbstractContextManager[None]:
+            if k_models == 0:
+                return nullcontext()
+            return method.posterior_sample(model, k, batch, config.seed, generator)
+
+        t0 = time.perf_counter()
+        with sampling(model, False):  # the posterior mean (an ensemble: its first member)
+            greedy = _decode(
+                model, blora.tokenizer, scorer, batch, replace(config, decoding=Decoding.GREEDY), 0
+            )
+        t1 = time.perf_counter()
+        samples = []
+        for k in range(n_answers):
+            with held(k):
+                samples.append(
+                    _decode(model, blora.tokenizer, scorer, batch, config, config.seed + 7919 * k + start)
+                )
+        t2 = time.perf_counter()
+        per_question = [[s[i] for s in samples] for i in range(len(batch))]
+        answers = greedy if method.has_mean else [majority(a) for a in per_question]
+        texts = [list(dict.fromkeys([answers[i], *per_question[i]])) for i in range(len(batch))]
+        rows = [ScoredAnswer(q, t) for q, ts in zip(batch, texts, strict=True) for t in ts]
+        index = torch.tensor([i for i, ts in enumerate(texts) for _ in ts])
+        with torch.no_grad():
+            single = _score(model, scorer, rows, index, sampled=False)
+            scored = []
+            for k in range(k_models):
+                with held(k):
+                    scored.append(_score(model, scorer, rows, index, sampled=noise))
+        loglik = torch.stack(scored or [single])  # [K, rows]; a deterministic model is its own average
+        tokens = scorer.answer_tokens(rows)
+        t3 = time.perf_counter()
+        timing.answer += t1 - t0
+        timing.samples += t2 - t1
+        timing.scoring += t3 - t2
+        offset = 0
+        for i, q in enumerate(batch):
+            u = len(texts[i])
+            results.append(
+                Generated(
+                    example=q,
+                    answer=answers[i],
+                    samples=per_question[i],
+                    texts=texts[i],
+                    loglik=loglik[:, offset : offset + u].numpy(),
+                    answer_loglik_single=float(single[offset]),
+                    answer_tokens=int(tokens[offset]),
+                )
+            )
+            offset += u
+    model.train(was_training)
+    return results
