@@ -92,14 +92,13 @@ def trained_tiny_run(tmp_path_factory, method: MethodConfig, **run: object) -> t
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_HUB_OFFLINE", "1")
         model_dir = save_tiny_model(tmp_path_factory.mktemp("tiny-model"))
-        config = RunConfig(
-            model=str(model_dir),
-            task="arc_easy",
-            max_train=6,
-            method=method,
-            train=TrainConfig(steps=2, batch_size=3, lr=1e-2, val_size=0),
+        fields = {
+            "task": "arc_easy",
+            "max_train": 6,
+            "train": TrainConfig(steps=2, batch_size=3, lr=1e-2, val_size=0),
             **run,
-        )
+        }
+        config = RunConfig(model=str(model_dir), method=method, **fields)
         out = tmp_path_factory.mktemp("runs") / "run"
         train_run(config, out, progress=False)
     return config, out

@@ -6,9 +6,11 @@ An answer is scored as the continuation ``" " + answer + "\\n"`` of the multiple
 it): the model learns to end its answer with the newline that generation stops at. Only the answer
 tokens (and the newline) count; the prompt's tokens carry no loss.
 
-:class:`AnswerScorer` is a :class:`scalabl.scoring.Scorer` with one "choice" per row, so a row's
-class logit is the summed log-likelihood of its answer, and everything the scorer does for
-posterior samples (one noise row per sequence, the prompt's KV cache, data-parallel rows, gradient
+:class:`AnswerScorer` is a :class:`scalabl.scoring.Scorer` whose "choices" are answers: a training
+row has one (its reference), a row of generated answers (:class:`ScoredAnswers`) has all the
+question's answers, which share one pass over the prompt (its KV cache), as a multiple-choice
+question's choices do. A row's logits are its answers' summed log-likelihoods, and everything the
+scorer does for posterior samples (one noise row per question, data-parallel rows, gradient
 checkpointing's cache-free path) serves answers unchanged.
 """
 
@@ -28,11 +30,11 @@ STOP = "\n"  # an answer's end: trained after every answer, and the stop string 
 
 
 @dataclass(frozen=True)
-class ScoredAnswer:
-    """An answer text to score after ``example``'s question (a generated one, or a reference)."""
+class ScoredAnswers:
+    """Answer texts to score after ``example``'s question (generated ones, or references)."""
 
     example: QAExample
-    text: str
+    texts: tuple[str, ...]
 
 
 def answer_prompt(example: QAExample) -> str:
@@ -41,8 +43,9 @@ def answer_prompt(example: QAExample) -> str:
 
 
 class AnswerScorer(Scorer):
-    """Summed log-likelihood ``[B, 1]`` of each row's answer: a :class:`QAExample`'s first reference
-    (its training target) or a :class:`ScoredAnswer`'s text."""
+    """Summed log-likelihood ``[B, U_max]`` of each row's answers (``-inf`` past a row's own): a
+    :class:`QAExample`'s first reference (its training target, U = 1) or a :class:`ScoredAnswers`'
+    texts."""
 
     classifies = False  # a row's score is a log-likelihood, not one of several classes
 
@@ -67,15 +70,16 @@ class AnswerScorer(Scorer):
         """The prompt's token ids, before any truncation (:meth:`fit_prompt`)."""
         return self.tokenizer.encode(answer_prompt(example), add_special_tokens=True)
 
-    def encode(self, item: QAExample | ScoredAnswer) -> Encoded:  # type: ignore[override]
+    def encode(self, item: QAExample | ScoredAnswers) -> Encoded:  # type: ignore[override]
         if item in self._cache:
             return self._cache[item]
-        example, text = (
-            (item.example, item.text) if isinstance(item, ScoredAnswer) else (item, item.answers[0])
+        example, texts = (
+            (item.example, item.texts) if isinstance(item, ScoredAnswers) else (item, item.answers[:1])
         )
-        target = self.tokenizer.encode(" " + text.strip() + STOP, add_special_tokens=False)
-        prompt = self.fit_prompt(self.prompt_ids(example), len(target), example.id)
-        encoded = Encoded(prompt, [target], 1, (len(" " + text.strip() + STOP),))
+        continuations = [" " + text.strip() + STOP for text in texts]
+        targets = [self.tokenizer.encode(c, add_special_tokens=False) for c in continuations]
+        prompt = self.fit_prompt(self.prompt_ids(example), max(map(len, targets)), example.id)
+        encoded = Encoded(prompt, targets, len(targets), tuple(map(len, continuations)))
         self._cache[item] = encoded
         return encoded
 
@@ -91,10 +95,10 @@ class AnswerScorer(Scorer):
             )
         return prompt[-budget:]
 
-    def answer_tokens(self, items: Sequence[QAExample | ScoredAnswer]) -> torch.Tensor:
-        """The number of scored tokens of each row ``[B]``."""
+    def answer_tokens(self, items: Sequence[QAExample | ScoredAnswers]) -> torch.Tensor:
+        """The number of scored tokens of each row's first answer ``[B]``."""
         return torch.tensor([len(self.encode(x).choices[0]) for x in items])
 
-    def loss(self, logits: torch.Tensor, items: Sequence[QAExample | ScoredAnswer]) -> torch.Tensor:
+    def loss(self, logits: torch.Tensor, items: Sequence[QAExample | ScoredAnswers]) -> torch.Tensor:
         """Mean negative log-likelihood per answer token over the batch (supervised fine-tuning's loss)."""
         return -logits[:, 0].sum() / self.answer_tokens(items).sum().to(logits.device)

@@ -1,32 +1,27 @@
 """Answers for new questions (``scalabl predict``): one JSON line per question with the probabilities,
 the chosen answer, its confidence, the total and epistemic uncertainty, and the run's decisions.
 
-The output is written to ``OUT.partial`` (lines appended and flushed batch by batch) beside
-``OUT.partial.json`` (what the lines were computed with), and moved to ``OUT`` only once every
-question is answered: an interrupted run leaves no half-written ``OUT``, and the same command
-resumes after the last complete line. Each question's noise is seeded by its own text
+The output is resumable (:mod:`scalabl.resumable`): an interrupted run leaves no half-written
+``OUT``, and the same command resumes after the last complete line. Each question's noise is seeded by its own text
 (``PredictConfig.per_question``), so a resumed run, a different batch size or the server give
 each question the same answer.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from scalabl.api import BayesianLoRA
 from scalabl.config import PredictConfig
 from scalabl.decisions import Decisions
 from scalabl.examples import Example
 from scalabl.metrics import mutual_information_per_example, predictive_entropy
+from scalabl.resumable import write_resumable
 from scalabl.run_folder import RunFolder
 from scalabl.runs import load_run
 
@@ -108,35 +103,6 @@ def answer_record(
     return record
 
 
-def input_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _complete_lines(path: Path) -> int:
-    """How many lines of a partial output are whole JSON records; a torn last line is cut off."""
-    if not path.is_file():
-        return 0
-    good, keep = 0, 0
-    with path.open("rb") as f:
-        for line in f:
-            if not line.endswith(b"\n"):
-                break
-            try:
-                json.loads(line)
-            except json.JSONDecodeError:
-                break
-            good += 1
-            keep += len(line)
-    with path.open("r+b") as f:
-        f.truncate(keep)
-    return good
-
-
-def _batches(examples: Sequence[Example], size: int) -> Iterator[Sequence[Example]]:
-    for start in range(0, len(examples), size):
-        yield examples[start : start + size]
-
-
 def write_answers(
     answerer: Answerer,
     examples: Sequence[Example],
@@ -151,36 +117,12 @@ def write_answers(
 
     ``provenance`` (run folder, input digest, sample count, seed) must match a partial output's for
     it to be resumed; a finished ``out`` is replaced only with ``overwrite``."""
-    out = Path(out)
-    partial, meta = out.with_name(out.name + ".partial"), out.with_name(out.name + ".partial.json")
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
-    if partial.exists() and meta.is_file() and json.loads(meta.read_text()) != provenance:
-        if not overwrite:
-            before = json.loads(meta.read_text())
-            changed = sorted(k for k in set(before) | set(provenance) if before.get(k) != provenance.get(k))
-            raise ValueError(
-                f"{partial}: a partial output computed with other settings ({', '.join(changed)} differ); "
-                "pass --overwrite to start again"
-            )
-        partial.unlink()
-    if not partial.exists() or not meta.is_file():
-        partial.parent.mkdir(parents=True, exist_ok=True)
-        partial.write_bytes(b"")
-        meta.write_text(json.dumps(provenance, indent=2))
-    done = _complete_lines(partial)
-    if done > len(examples):
-        raise ValueError(f"{partial}: holds {done} answers, more than the {len(examples)} questions")
-    todo = examples[done:]
-    bar = tqdm(total=len(examples), initial=done, desc="answers", unit="q", disable=not progress)
-    with partial.open("a", encoding="utf-8") as f:
-        for batch in _batches(todo, answerer.config.batch_size):
-            lines = "".join(json.dumps(r) + "\n" for r in answerer.answer(batch))
-            f.write(lines)
-            f.flush()
-            os.fsync(f.fileno())
-            bar.update(len(batch))
-    bar.close()
-    os.replace(partial, out)
-    meta.unlink()
-    return len(todo)
+    return write_resumable(
+        examples,
+        out,
+        lambda batch, _start: answerer.answer(batch),
+        batch_size=answerer.config.batch_size,
+        provenance=provenance,
+        overwrite=overwrite,
+        progress=progress,
+    )

@@ -67,6 +67,7 @@ from scalabl.config.fields import check_fields
 from scalabl.io import atomic_path, claim, output_folder
 from scalabl.run_folder import (
     CONFIG_FILE,
+    GENERATIONS_FILE,
     HISTORY_FILE,
     METRICS_FILE,
     PREDICTIONS_FILE,
@@ -76,7 +77,7 @@ from scalabl.run_folder import (
 from scalabl.runs import train_run
 
 # a cell's small files, kept in the archive (no weights)
-ARCHIVED_FILES = (CONFIG_FILE, METRICS_FILE, PREDICTIONS_FILE, HISTORY_FILE, REPORT_FILE)
+ARCHIVED_FILES = (CONFIG_FILE, METRICS_FILE, PREDICTIONS_FILE, GENERATIONS_FILE, HISTORY_FILE, REPORT_FILE)
 # everything a bench writes at the top of ``out`` (its cells, claims and tables)
 BENCH_FILES = ("cells", "claims", "tables", *(p for p in TABLE_FILES if "/" not in p))
 

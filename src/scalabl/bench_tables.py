@@ -9,8 +9,10 @@ from typing import Any, Protocol
 
 import torch
 
+from scalabl.generation_tables import write_generation_tables
 from scalabl.io import write_json, write_text
 from scalabl.plots import plot_reliability, plot_risk_coverage
+from scalabl.qa import is_qa_task
 from scalabl.results import headline
 from scalabl.run_folder import RunFolder
 from scalabl.tables import (
@@ -39,7 +41,14 @@ class TabulatedGrid(Protocol):
 
 
 # what write_tables leaves under ``out``: archived beside the cells, so the committed tables match them
-TABLE_FILES = ("summary.md", "results.json", "tables/*", "reliability_*.png", "selective_*.png")
+TABLE_FILES = (
+    "summary.md",
+    "results.json",
+    "tables/*",
+    "reliability_*.png",
+    "selective_*.png",
+    "rejection_*.png",
+)
 
 
 def write_tables(
@@ -48,6 +57,12 @@ def write_tables(
     """tables/METRIC.{md,csv,tex}, summary.md, reliability_TASK.png and selective_TASK.png (the
     risk-coverage curves, unless ``plots=False``) under ``into`` (default ``config.out``)."""
     out = Path(config.out) if into is None else Path(into)
+    generation = write_generation_tables(config, results, out, plots=plots)
+    everything = results
+    results = {  # the multiple-choice cells (open QA cells are tabulated by their answers' scores)
+        label: {task: runs for task, runs in per.items() if not is_qa_task(task)}
+        for label, per in results.items()
+    }
     sections = []
     for metric, (header, _, _) in METRICS.items():
         columns, rows = table_rows(config, results, metric)
@@ -99,5 +114,5 @@ def write_tables(
         head.append(
             f"Model `{first['model']}`, {first['train_steps']} training steps, test n ≤ {first['n_test']}."
         )
-    write_text(out / "summary.md", "\n".join([*head, "", *sections]))
-    write_json(out / "results.json", results)
+    write_text(out / "summary.md", "\n".join([*head, "", *sections, *generation]))
+    write_json(out / "results.json", everything)

@@ -1,5 +1,5 @@
-"""The command line: ``scalabl train | evaluate | predict | serve | calibrate-decisions | bench | plan |
-export | methods | demo``.
+"""The command line: ``scalabl train | evaluate | predict | generate | serve | calibrate-decisions |
+bench | plan | export | methods | demo``.
 
 Each command's options are the fields of the config dataclasses (:mod:`scalabl.config`), turned into
 flags by :mod:`scalabl.config.flags`. The parser needs no torch: heavy modules are imported by the
@@ -20,6 +20,7 @@ from pathlib import Path
 from scalabl.cli_serving import add_serving_commands
 from scalabl.config import MethodConfig, RunConfig, TrainConfig
 from scalabl.config.flags import add_options, dest, given, given_flags
+from scalabl.config.generate import GenerateConfig
 from scalabl.plan import PlanConfig, plan_for
 
 EVALUATE_OPTIONS = ("n_samples", "max_test", "ood", "sample_modules")
@@ -36,13 +37,14 @@ def run_config(args: argparse.Namespace) -> RunConfig:
             raise SystemExit(f"error: --config {args.config}: {err}") from err
     method = replace(base.method, **given(args, MethodConfig))
     train = replace(base.train, **given(args, TrainConfig))
-    return replace(base, **given(args, RunConfig), method=method, train=train)
+    generate = replace(base.generate, **given(args, GenerateConfig))
+    return replace(base, **given(args, RunConfig), method=method, train=train, generate=generate)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from scalabl import distributed
     from scalabl.runs import resume_run, train_run
-    from scalabl.tables import comparison_table
+    from scalabl.tables import run_table
 
     if args.resume is not None:
         extra = [
@@ -50,11 +52,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             for flag, d in (("--config", "config"), ("--out", "out"), ("--overwrite", "overwrite"))
             if getattr(args, d)
         ]
-        flags = given_flags(args, RunConfig, MethodConfig, TrainConfig) + extra
+        flags = given_flags(args, RunConfig, MethodConfig, TrainConfig, GenerateConfig) + extra
         if flags:
             raise ValueError(f"--resume continues the run with its own config.json; drop {', '.join(flags)}")
         metrics = resume_run(args.resume, progress=not args.quiet)
-        print(comparison_table({metrics["method"]: metrics}))
+        print(run_table(metrics["method"], metrics))
         print(f"\nrun folder: {args.resume}")
         return 0
     config = run_config(args)
@@ -68,17 +70,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
         return 130
     if distributed.is_main():  # every process of a data-parallel run has the same table
-        print(comparison_table({config.method.method: metrics}))
+        print(run_table(config.method.method, metrics))
         print(f"\nrun folder: {out}  (report.md, metrics.json, adapter.safetensors, reliability.png)")
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from scalabl.runs import evaluate_run
-    from scalabl.tables import comparison_table, ood_section
+    from scalabl.tables import ood_section, run_table
 
-    metrics = evaluate_run(args.run_dir, progress=not args.quiet, **given(args, RunConfig, EVALUATE_OPTIONS))
-    print(comparison_table({metrics["method"]: metrics}))
+    metrics = evaluate_run(
+        args.run_dir,
+        progress=not args.quiet,
+        generate=given(args, GenerateConfig),
+        **given(args, RunConfig, EVALUATE_OPTIONS),
+    )
+    print(run_table(metrics["method"], metrics))
     print("\n".join(ood_section({metrics["method"]: metrics})))
     return 0
 
@@ -167,6 +174,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     add_options(p.add_argument_group("run (model, data, evaluation)"), RunConfig)
     add_options(p.add_argument_group("method (adapter and posterior)"), MethodConfig)
     add_options(p.add_argument_group("training"), TrainConfig)
+    add_options(p.add_argument_group("generation (open QA tasks)"), GenerateConfig)
     p.add_argument("--config", type=Path, default=None, help="JSON run config; flags override its fields")
     p.add_argument("--out", type=Path, default=None, help="run folder (default runs/METHOD-TASK-TIME)")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
@@ -248,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("run_dir", type=Path, help="a folder written by 'scalabl train'")
     add_options(p, RunConfig, EVALUATE_OPTIONS, default="the run's own")
+    add_options(p.add_argument_group("generation (open QA runs)"), GenerateConfig, default="the run's own")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)
 

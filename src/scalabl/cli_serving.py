@@ -1,4 +1,4 @@
-"""The commands that put a trained run to work: ``scalabl predict``, ``serve`` and
+"""The commands that put a trained run to work: ``scalabl predict``, ``generate``, ``serve`` and
 ``calibrate-decisions`` (their parsers and implementations; :mod:`scalabl.cli` adds them)."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from pathlib import Path
 from scalabl.config import PredictConfig
 from scalabl.config.decisions import DecisionConfig
 from scalabl.config.flags import add_options, given
+from scalabl.config.generate import GenerateConfig
 from scalabl.config.serve import ServeConfig
 
 PREDICT_OPTIONS = ("n_samples", "batch_size", "batch_samples", "seed")
@@ -17,8 +18,9 @@ SERVE_PREDICT_OPTIONS = ("n_samples", "batch_samples", "seed")
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from scalabl.answers import input_digest, load_answerer, write_answers
+    from scalabl.answers import load_answerer, write_answers
     from scalabl.data import load_jsonl
+    from scalabl.resumable import input_digest
 
     examples = load_jsonl(args.input, require_answer=False)  # bad rows fail before the model loads
     answerer, warnings = load_answerer(args.run_dir, **given(args, PredictConfig, PREDICT_OPTIONS))
@@ -49,6 +51,44 @@ def cmd_predict(args: argparse.Namespace) -> int:
             if answerer.decisions
             else "; no decision rules yet: run 'scalabl calibrate-decisions' for them"
         )
+    )
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from scalabl.qa import load_qa_jsonl
+    from scalabl.resumable import input_digest
+    from scalabl.run_generation import write_generations
+    from scalabl.runs import load_run
+
+    examples = load_qa_jsonl(args.input, require_answers=False)  # bad rows fail before the model loads
+    run, blora = load_run(args.run_dir)
+    if not run.open_qa:
+        raise ValueError(
+            f"generate: {args.run_dir} was trained on the multiple-choice task {run.task!r}; "
+            "answer its questions with 'scalabl predict'"
+        )
+    config = replace(run.generate, **given(args, GenerateConfig))
+    provenance = {
+        "run": str(args.run_dir.resolve()),
+        "input": input_digest(args.input),
+        "generate": config.to_dict(),
+    }
+    answered = write_generations(
+        blora,
+        examples,
+        config,
+        args.output,
+        provenance=provenance,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    resumed = len(examples) - answered
+    print(
+        f"{len(examples)} answers written to {args.output}"
+        + (f" ({resumed} from the interrupted run resumed)" if resumed else "")
     )
     return 0
 
@@ -95,7 +135,7 @@ def cmd_calibrate_decisions(args: argparse.Namespace) -> int:
 
 
 def add_serving_commands(sub: argparse._SubParsersAction) -> None:
-    """Add predict, serve and calibrate-decisions to the ``scalabl`` parser."""
+    """Add predict, generate, serve and calibrate-decisions to the ``scalabl`` parser."""
     p = sub.add_parser(
         "predict",
         help="answer new questions from a JSONL file with a trained run",
@@ -117,6 +157,32 @@ def add_serving_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser(
+        "generate",
+        help="answer open questions from a JSONL file with a run trained on an open QA task",
+        description="One output line per question: the posterior-mean answer, one answer per posterior "
+        "sample, and the uncertainty scores (sequence probability under the posterior average and under "
+        "the mean model, predictive and semantic entropy, lexical similarity, distinct answers, mutual "
+        "information); with references, whether the answer is right. An interrupted run resumes where it "
+        "stopped; the output appears only when complete.",
+    )
+    p.add_argument("run_dir", type=Path, help="a folder written by 'scalabl train' on an open QA task")
+    p.add_argument(
+        "--input",
+        type=Path,
+        required=True,
+        help="JSONL of {question, context?, id?, answers?} (answers: references, optional)",
+    )
+    p.add_argument("--output", type=Path, required=True, help="JSONL of answers, one line per question")
+    add_options(p, GenerateConfig, default="the run's own")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a finished output, or a partial one of other settings",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser(
         "serve",

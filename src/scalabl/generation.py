@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from scalabl.answer_scoring import STOP, AnswerScorer, ScoredAnswer
-from scalabl.bayesian import bayesian_modules, sampling, select_noise
+from scalabl.answer_scoring import STOP, AnswerScorer, ScoredAnswers
+from scalabl.bayesian import bayesian_modules, sampling
 from scalabl.choices import Decoding
 from scalabl.config.generate import GenerateConfig
 from scalabl.qa import QAExample, normalize_answer
@@ -124,15 +124,12 @@ def _decode(
     return [_cut(tokenizer.decode(row, skip_special_tokens=True)) for row in new]
 
 
-def _score(
-    model, scorer: AnswerScorer, rows: list[ScoredAnswer], index: torch.Tensor, sampled: bool
-) -> torch.Tensor:
-    """Summed log-likelihood of each row's answer; row r belongs to question ``index[r]`` and, when
-    ``sampled``, sees that question's noise row."""
+def _score(model, scorer: AnswerScorer, rows: list[ScoredAnswers], sampled: bool) -> torch.Tensor:
+    """Summed log-likelihood ``[B, U_max]`` of each question's answers (one pass over its prompt);
+    when ``sampled``, under the noise row the caller set for each question."""
     if sampled:
-        select_noise(model, index.to(next(model.parameters()).device))
-        return scorer.class_logits(model, rows, sample=True, noise_set=True)[:, 0].double().cpu()
-    return scorer.class_logits(model, rows, sample=False)[:, 0].double().cpu()
+        return scorer.class_logits(model, rows, sample=True, noise_set=True).double().cpu()
+    return scorer.class_logits(model, rows, sample=False).double().cpu()
 
 
 def generate_answers(
@@ -142,9 +139,12 @@ def generate_answers(
     timing: Timing | None = None,
     *,
     progress: bool = False,
+    offset: int = 0,
 ) -> list[Generated]:
     """The answers of ``examples`` (see the module docstring), in their order; ``timing`` (if given)
-    adds up the seconds of the greedy answers, of the S sampled ones and of the scoring."""
+    adds up the seconds of the greedy answers, of the S sampled ones and of the scoring. ``offset``:
+    where ``examples`` begin in a longer list answered in parts (sampled decoding is seeded by a
+    question's batch position in that list, so the parts give what one call would)."""
     model, method = blora.model, blora.method
     scorer = AnswerScorer(
         blora.tokenizer, max_length=blora.scorer.max_length, truncation=blora.scorer.truncation
@@ -155,13 +155,16 @@ def generate_answers(
     noise = bool(bayesian_modules(model))  # a posterior sample is module noise (else: an ensemble member)
     was_training = model.training
     model.eval()
-    generator = torch.Generator().manual_seed(config.seed)
     results: list[Generated] = []
     batches = range(0, len(examples), config.batch_size)
     for start in tqdm(batches, desc="generate", disable=not progress, dynamic_ncols=True):
         batch = list(examples[start : start + config.batch_size])
+        # noise not seeded per question (MC dropout's masks) is seeded by the batch's position
+        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + offset + start)
 
-        def held(k: int, batch: list[QAExample] = batch) -> AbstractContextManager[None]:
+        def held(
+            k: int, batch: list[QAExample] = batch, generator: torch.Generator = generator
+        ) -> AbstractContextManager[None]:
             if k_models == 0:
                 return nullcontext()
             return method.posterior_sample(model, k, batch, config.seed, generator)
@@ -176,40 +179,38 @@ def generate_answers(
         for k in range(n_answers):
             with held(k):
                 samples.append(
-                    _decode(model, blora.tokenizer, scorer, batch, config, config.seed + 7919 * k + start)
+                    _decode(
+                        model, blora.tokenizer, scorer, batch, config, config.seed + 7919 * k + offset + start
+                    )
                 )
         t2 = time.perf_counter()
         per_question = [[s[i] for s in samples] for i in range(len(batch))]
         answers = greedy if method.has_mean else [majority(a) for a in per_question]
         texts = [list(dict.fromkeys([answers[i], *per_question[i]])) for i in range(len(batch))]
-        rows = [ScoredAnswer(q, t) for q, ts in zip(batch, texts, strict=True) for t in ts]
-        index = torch.tensor([i for i, ts in enumerate(texts) for _ in ts])
+        rows = [ScoredAnswers(q, tuple(ts)) for q, ts in zip(batch, texts, strict=True)]
         with torch.no_grad():
-            single = _score(model, scorer, rows, index, sampled=False)
+            single = _score(model, scorer, rows, sampled=False)
             scored = []
             for k in range(k_models):
                 with held(k):
-                    scored.append(_score(model, scorer, rows, index, sampled=noise))
-        loglik = torch.stack(scored or [single])  # [K, rows]; a deterministic model is its own average
+                    scored.append(_score(model, scorer, rows, sampled=noise))
+        loglik = torch.stack(scored or [single])  # [K, B, U_max]; a deterministic model is its own average
         tokens = scorer.answer_tokens(rows)
         t3 = time.perf_counter()
         timing.answer += t1 - t0
         timing.samples += t2 - t1
         timing.scoring += t3 - t2
-        offset = 0
         for i, q in enumerate(batch):
-            u = len(texts[i])
             results.append(
                 Generated(
                     example=q,
                     answer=answers[i],
                     samples=per_question[i],
                     texts=texts[i],
-                    loglik=loglik[:, offset : offset + u].numpy(),
-                    answer_loglik_single=float(single[offset]),
-                    answer_tokens=int(tokens[offset]),
+                    loglik=loglik[:, i, : len(texts[i])].numpy(),
+                    answer_loglik_single=float(single[i, 0]),
+                    answer_tokens=int(tokens[i]),
                 )
             )
-            offset += u
     model.train(was_training)
     return results

@@ -44,7 +44,8 @@ DEFAULT_SPLIT = {"n_test": 0.3, "n_validation": 0.1}  # fractions of the pool
 
 @dataclass(frozen=True)
 class QAExample:
-    """One open-ended question and its reference answers (any of them is right)."""
+    """One open-ended question and its reference answers (any of them is right; none: a question to
+    answer, as ``scalabl generate`` reads)."""
 
     id: str
     question: str
@@ -54,8 +55,8 @@ class QAExample:
     def __post_init__(self) -> None:
         if not self.id or not self.question:
             raise ValueError(f"QAExample needs an id and a question (id={self.id!r})")
-        if not self.answers or not all(isinstance(a, str) and a.strip() for a in self.answers):
-            raise ValueError(f"QAExample.answers must hold one or more non-empty strings (id={self.id!r})")
+        if not all(isinstance(a, str) and a.strip() for a in self.answers):
+            raise ValueError(f"QAExample.answers must hold non-empty strings (id={self.id!r})")
 
 
 @dataclass(frozen=True)
@@ -166,22 +167,24 @@ def _squad() -> list[QAExample]:
     return out
 
 
-def parse_qa_row(row: object, where: str, default_id: str) -> QAExample:
-    """One row of a user's QA file; every problem a ValueError starting with ``where``."""
+def parse_qa_row(row: object, where: str, default_id: str, *, require_answers: bool = True) -> QAExample:
+    """One row of a user's QA file; every problem a ValueError starting with ``where``. Without
+    ``require_answers`` (questions to answer) the references may be left out."""
     if not isinstance(row, dict):
         raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
     unknown = sorted(set(row) - set(QA_FIELDS))
     if unknown:
         raise ValueError(f"{where}: unknown field {unknown[0]!r}; allowed fields: {', '.join(QA_FIELDS)}")
-    for name in ("question", "answers"):
+    required = ("question", "answers") if require_answers else ("question",)
+    for name in required:
         if name not in row:
-            raise ValueError(f"{where}: missing field {name!r} (required: question, answers)")
-    question, answers = row["question"], row["answers"]
+            raise ValueError(f"{where}: missing field {name!r} (required: {', '.join(required)})")
+    question, answers = row["question"], row.get("answers", [])
     if not isinstance(question, str) or not question.strip():
         raise ValueError(f"{where}: field 'question' must be a non-empty string")
     if (
         not isinstance(answers, list)
-        or not answers
+        or (require_answers and not answers)
         or not all(isinstance(a, str) and a.strip() for a in answers)
     ):
         raise ValueError(f"{where}: field 'answers' must be a non-empty list of non-empty strings")
@@ -194,12 +197,13 @@ def parse_qa_row(row: object, where: str, default_id: str) -> QAExample:
     return QAExample(str(ex_id), question.strip(), tuple(a.strip() for a in answers), context or None)
 
 
-def load_qa_jsonl(path: str | Path) -> list[QAExample]:
-    """A user's QA file (see the module docstring): line-numbered errors, duplicate ids refused."""
+def load_qa_jsonl(path: str | Path, *, require_answers: bool = True) -> list[QAExample]:
+    """A user's QA file (see the module docstring): line-numbered errors, duplicate ids refused;
+    without ``require_answers``, questions whose references may be missing."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    return read_jsonl(path, parse_qa_row)
+    return read_jsonl(path, functools.partial(parse_qa_row, require_answers=require_answers))
 
 
 @functools.cache

@@ -45,6 +45,9 @@ def prediction_rejection_ratio(uncertainty: np.ndarray, quality: np.ndarray) -> 
 
 
 def wrong_vs_right_auroc(uncertainty: np.ndarray, correct: np.ndarray) -> float:
-    """AUROC of the uncertainty for telling wrong answers (positive) from right ones."""
+    """AUROC of the uncertainty for telling wrong answers (positive) from right ones; NaN when every
+    answer is right or every answer is wrong (nothing to tell apart)."""
     u, c = np.asarray(uncertainty, dtype=np.float64), np.asarray(correct, dtype=bool)
+    if c.all() or not c.any():
+        return float("nan")
     return auroc(u[~c], u[c])

@@ -16,8 +16,8 @@ from scalabl.plots import (
     plot_training_curves,
 )
 from scalabl.results import evaluations
-from scalabl.run_folder import REPORT_FILE, RunFolder
-from scalabl.run_generation import REJECTION_PLOT, read_generations
+from scalabl.run_folder import REJECTION_PLOT, REPORT_FILE, RunFolder
+from scalabl.run_generation import read_generations
 from scalabl.tables import (
     comparison_table,
     decisions_table,

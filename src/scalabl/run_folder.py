@@ -44,6 +44,8 @@ PREDICTIONS_FILE = "predictions.safetensors"
 REPORT_FILE = "report.md"
 DECISIONS_FILE = "decisions.json"
 CHECKPOINT_DIR = "checkpoint"
+GENERATIONS_FILE = "generations.jsonl"  # an open QA run's answers, one line per test question
+REJECTION_PLOT = "rejection.png"  # an open QA run's accuracy-rejection curves
 RUN_FILES = (
     CONFIG_FILE,
     ADAPTER_FILE,
@@ -55,9 +57,18 @@ RUN_FILES = (
     "reliability.png",
     "selective.png",
     "training.png",
-)  # what every finished run holds
+)  # what a finished multiple-choice run holds (an open QA run: generations and rejection curves instead
+# of predictions, reliability and selective plots)
 # all a run may write (decisions.json: fitted later on the run's adapter, dropped when it is retrained)
-OWN = (*RUN_FILES, "posterior_modules.png", DECISIONS_FILE, CHECKPOINT_DIR, ".write-test")
+OWN = (
+    *RUN_FILES,
+    GENERATIONS_FILE,
+    REJECTION_PLOT,
+    "posterior_modules.png",
+    DECISIONS_FILE,
+    CHECKPOINT_DIR,
+    ".write-test",
+)
 
 
 class RunFolder:

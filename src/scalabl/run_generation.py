@@ -18,33 +18,43 @@ from scalabl.generation import Generated, Timing, generate_answers
 from scalabl.io import write_text
 from scalabl.qa import QAExample, exact_match, token_f1
 from scalabl.rejection import prediction_rejection_ratio, wrong_vs_right_auroc
-from scalabl.uncertainty import SCORES, equivalence, scores
+from scalabl.resumable import write_resumable
+from scalabl.run_folder import GENERATIONS_FILE
+from scalabl.uncertainty import SCORES, Equivalent, equivalence, scores
 
-GENERATIONS_FILE = "generations.jsonl"
-REJECTION_PLOT = "rejection.png"
 
-
-def graded(generated: Sequence[Generated], config: GenerateConfig) -> list[dict[str, Any]]:
-    """One record per question: its answers, whether the answer is right (normalised exact match
-    against any reference), its token F1, the S answers' correctness, and every score."""
-    same = equivalence(config.match, config.f1_threshold)
+def same_meaning(config: GenerateConfig) -> Equivalent:
+    """When two answers mean the same under ``config``: the NLI model's mutual entailment if one is
+    named, else the offline match."""
     if config.nli_model:
         from scalabl.nli import nli_equivalence
 
-        same = nli_equivalence(config.nli_model)
+        return nli_equivalence(config.nli_model)
+    return equivalence(config.match, config.f1_threshold)
+
+
+def graded(
+    generated: Sequence[Generated], config: GenerateConfig, same: Equivalent | None = None
+) -> list[dict[str, Any]]:
+    """One record per question: its answers and every score, and where the question has references,
+    whether the answer is right (normalised exact match against any reference), its token F1 and
+    the S answers' correctness."""
+    same = same or same_meaning(config)
     records = []
     for g in generated:
         refs = g.example.answers
-        records.append(
-            {
-                **g.to_dict(),
+        record = {
+            **g.to_dict(),
+            "scores": scores(g.texts, g.loglik, g.samples, g.answer_loglik_single, g.answer_tokens, same),
+        }
+        if refs:
+            record |= {
                 "references": list(refs),
                 "correct": exact_match(g.answer, refs),
                 "f1": token_f1(g.answer, refs),
                 "samples_correct": [exact_match(s, refs) for s in g.samples],
-                "scores": scores(g.texts, g.loglik, g.samples, g.answer_loglik_single, g.answer_tokens, same),
             }
-        )
+        records.append(record)
     return records
 
 
@@ -101,3 +111,32 @@ def read_generations(run_dir: str | Path) -> list[dict[str, Any]]:
     """The graded records of a run's generations.jsonl."""
     path = Path(run_dir) / GENERATIONS_FILE
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_generations(
+    blora,
+    examples: Sequence[QAExample],
+    config: GenerateConfig,
+    out: str | Path,
+    *,
+    provenance: dict[str, Any],
+    overwrite: bool = False,
+    progress: bool = True,
+) -> int:
+    """``scalabl generate``: one line per question into ``out`` (its answers, every uncertainty score,
+    and correctness where the question has references), resumable (:mod:`scalabl.resumable`);
+    returns how many questions this call answered."""
+    same = same_meaning(config)
+
+    def records(batch: Sequence[QAExample], start: int) -> list[dict[str, Any]]:
+        return graded(generate_answers(blora, batch, config, offset=start), config, same)
+
+    return write_resumable(
+        examples,
+        out,
+        records,
+        batch_size=config.batch_size,
+        provenance=provenance,
+        overwrite=overwrite,
+        progress=progress,
+    )

@@ -167,10 +167,12 @@ def evaluate_run(
     max_test: int | None = None,
     ood: tuple[str, ...] | None = None,
     sample_modules: str | None = None,
+    generate: dict[str, Any] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Re-evaluate a run folder's adapter; rewrites metrics.json (keeping training figures), the
-    predictions and the report, the run's own files, and nothing else."""
+    predictions (generations, on an open QA task) and the report, the run's own files, and nothing
+    else. ``generate``: fields of the run's :class:`GenerateConfig` to change."""
     folder = RunFolder(run_dir)
     config, blora = load_run(run_dir)
     given = (
@@ -180,6 +182,8 @@ def evaluate_run(
         ("sample_modules", sample_modules),
     )
     config = replace(config, **{k: v for k, v in given if v})
+    if generate:
+        config = replace(config, generate=replace(config.generate, **generate))
     metrics = folder.read_metrics()
     metrics.update(_run_facts(config, blora, len(config.splits().train)))
     metrics.update(_evaluate(blora, config, folder, progress=progress))

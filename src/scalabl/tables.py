@@ -159,6 +159,13 @@ def generation_scores_table(metrics_by_name: dict[str, dict[str, Any]]) -> str:
     return markdown_table(rows, ["score", *names])
 
 
+def run_table(name: str, metrics: dict[str, Any]) -> str:
+    """The table a command prints for one run: its answers' scores on an open QA task, else every
+    number of samples' accuracy and calibration."""
+    table = generation_scores_table if "generation" in metrics else comparison_table
+    return table({name: metrics})
+
+
 def ood_section(metrics_by_name: dict[str, dict[str, Any]]) -> list[str]:
     """Report lines for the shifted tasks (empty when there are none)."""
     rows = [
