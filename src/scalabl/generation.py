@@ -141,10 +141,10 @@ def generate_answers(
     progress: bool = False,
     offset: int = 0,
 ) -> list[Generated]:
-    """The answers of ``examples`` (see the module docstring), in their order; ``timing`` (if given)
-    adds up the seconds of the greedy answers, of the S sampled ones and of the scoring. ``offset``:
-    where ``examples`` begin in a longer list answered in parts (sampled decoding is seeded by a
-    question's batch position in that list, so the parts give what one call would)."""
+    """The answers of ``examples`` (see the module docstring), in their order (batched by prompt
+    length); ``timing`` (if given) adds up the seconds of the greedy answers, of the S sampled ones
+    and of the scoring. ``offset``: where ``examples`` begin in a longer list answered in parts
+    (sampled decoding and MC dropout's masks are seeded by the batch's position)."""
     model, method = blora.model, blora.method
     scorer = AnswerScorer(
         blora.tokenizer, max_length=blora.scorer.max_length, truncation=blora.scorer.truncation
@@ -155,10 +155,14 @@ def generate_answers(
     noise = bool(bayesian_modules(model))  # a posterior sample is module noise (else: an ensemble member)
     was_training = model.training
     model.eval()
-    results: list[Generated] = []
+    # batches of similar prompt lengths: a batch is padded to its longest prompt, and prompts with
+    # contexts vary several-fold (per-question noise keeps every answer independent of its batch)
+    order = sorted(range(len(examples)), key=lambda i: len(scorer.prompt_ids(examples[i])))
+    results: dict[int, Generated] = {}
     batches = range(0, len(examples), config.batch_size)
     for start in tqdm(batches, desc="generate", disable=not progress, dynamic_ncols=True):
-        batch = list(examples[start : start + config.batch_size])
+        where = order[start : start + config.batch_size]
+        batch = [examples[i] for i in where]
         # noise not seeded per question (MC dropout's masks) is seeded by the batch's position
         generator = torch.Generator().manual_seed(config.seed * 1_000_003 + offset + start)
 
@@ -201,16 +205,14 @@ def generate_answers(
         timing.samples += t2 - t1
         timing.scoring += t3 - t2
         for i, q in enumerate(batch):
-            results.append(
-                Generated(
-                    example=q,
-                    answer=answers[i],
-                    samples=per_question[i],
-                    texts=texts[i],
-                    loglik=loglik[:, i, : len(texts[i])].numpy(),
-                    answer_loglik_single=float(single[i, 0]),
-                    answer_tokens=int(tokens[i]),
-                )
+            results[where[i]] = Generated(
+                example=q,
+                answer=answers[i],
+                samples=per_question[i],
+                texts=texts[i],
+                loglik=loglik[:, i, : len(texts[i])].numpy(),
+                answer_loglik_single=float(single[i, 0]),
+                answer_tokens=int(tokens[i]),
             )
     model.train(was_training)
-    return results
+    return [results[i] for i in range(len(examples))]
