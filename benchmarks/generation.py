@@ -28,6 +28,7 @@ from typing import Any
 from scalabl.bench import BenchConfig, archive_cells, collect, run_bench
 from scalabl.generation_tables import generation_summary
 from scalabl.io import write_json, write_text
+from scalabl.run_generation import read_generations
 from scalabl.tables import mean_std
 from scalabl.uncertainty import SCORES
 
@@ -84,10 +85,25 @@ def _posterior_beats_single(results: dict[str, Any]) -> list[str]:
                         d_prr.append(s[score]["prr"] - s["msp_single"]["prr"])
                 if d_auc:
                     (a, sa), (p, sp) = mean_std(d_auc), mean_std(d_prr)
-                    lines.append(
-                        f"| {label} | {task} | {score} | {a:+.3f} ± {sa:.3f} | {p:+.3f} ± {sp:.3f} | {len(d_auc)} |"
-                    )
+                    spread = len(d_auc) > 1
+                    auc = f"{a:+.3f}" + (f" ± {sa:.3f}" if spread else "")
+                    prr = f"{p:+.3f}" + (f" ± {sp:.3f}" if spread else "")
+                    lines.append(f"| {label} | {task} | {score} | {auc} | {prr} | {len(d_auc)} |")
     return lines
+
+
+def _agreement(config: BenchConfig, results: dict[str, Any], task: str) -> list[str]:
+    """How often every sample gave one answer: the diversity scores are ties there."""
+    lines = []
+    for label, per in results.items():
+        for seed in per.get(task, {}):
+            records = read_generations(config.finished_dir(label, task, seed))
+            if records and records[0]["samples"]:
+                one = sum(r["scores"]["distinct_answers"] == 1 for r in records)
+                lines.append(
+                    f"- {label}, seed {seed}: all samples gave one answer on {one} of {len(records)} questions"
+                )
+    return [*lines, ""] if lines else []
 
 
 def report(_: argparse.Namespace) -> None:
@@ -106,6 +122,7 @@ def report(_: argparse.Namespace) -> None:
     ]
     for task in TASKS:
         lines += generation_summary({m: results.get(m, {}).get(task, {}) for m in METHODS}, task)
+        lines += _agreement(config, results, task)
     lines += [
         "## Where the posterior's scores beat one model's sequence probability",
         "",
