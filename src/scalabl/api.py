@@ -121,18 +121,20 @@ class BayesianLoRA:
         # are this model's before a temperature
         self.same_as_run: Path | None = None
 
+    def answer_scorer(self, *, reuse_prompt: bool = True) -> AnswerScorer:
+        """An :class:`AnswerScorer` with this model's tokenizer, context length and truncation."""
+        s = self.scorer
+        return AnswerScorer(
+            s.tokenizer, max_length=s.max_length, truncation=s.truncation, reuse_prompt=reuse_prompt
+        )
+
     def train_scorer(self, answers: bool = False) -> Scorer:
         """The scorer training uses: ``scorer`` (``answers``: an :class:`AnswerScorer` with its
         settings, for open questions), or its cache-free twin under gradient checkpointing (a
         checkpointed forward keeps no KV cache, so each choice is scored with its prompt)."""
         s = self.scorer
         if answers:
-            return AnswerScorer(
-                s.tokenizer,
-                max_length=s.max_length,
-                truncation=s.truncation,
-                reuse_prompt=not self.gradient_checkpointing,
-            )
+            return self.answer_scorer(reuse_prompt=not self.gradient_checkpointing)
         if not self.gradient_checkpointing:
             return s
         return Scorer(

@@ -17,6 +17,14 @@ PREDICT_OPTIONS = ("n_samples", "batch_size", "batch_samples", "seed")
 SERVE_PREDICT_OPTIONS = ("n_samples", "batch_samples", "seed")
 
 
+def _written(total: int, answered: int, output: Path) -> str:
+    """What a resumable output says when it is complete."""
+    resumed = total - answered
+    return f"{total} answers written to {output}" + (
+        f" ({resumed} from the interrupted run resumed)" if resumed else ""
+    )
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from scalabl.answers import load_answerer, write_answers
     from scalabl.data import load_jsonl
@@ -42,10 +50,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.quiet,
     )
-    resumed = len(examples) - answered
     print(
-        f"{len(examples)} answers written to {args.output}"
-        + (f" ({resumed} from the interrupted run resumed)" if resumed else "")
+        _written(len(examples), answered, args.output)
         + (
             ""
             if answerer.decisions
@@ -85,11 +91,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.quiet,
     )
-    resumed = len(examples) - answered
-    print(
-        f"{len(examples)} answers written to {args.output}"
-        + (f" ({resumed} from the interrupted run resumed)" if resumed else "")
-    )
+    print(_written(len(examples), answered, args.output))
     return 0
 
 

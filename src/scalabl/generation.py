@@ -146,9 +146,7 @@ def generate_answers(
     and of the scoring. ``offset``: where ``examples`` begin in a longer list answered in parts
     (sampled decoding and MC dropout's masks are seeded by the batch's position)."""
     model, method = blora.model, blora.method
-    scorer = AnswerScorer(
-        blora.tokenizer, max_length=blora.scorer.max_length, truncation=blora.scorer.truncation
-    )
+    scorer = blora.answer_scorer()
     timing = timing if timing is not None else Timing()
     k_models = method.samples_for(config.n_samples)  # 0: a deterministic model, no posterior
     n_answers = k_models or (config.n_samples if config.decoding == Decoding.SAMPLE else 0)

