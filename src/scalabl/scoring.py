@@ -14,9 +14,8 @@ Posterior samples: one noise row is drawn per example and re-indexed together wi
 the prompt and all of its choices see the same model sample.
 
 ``reuse_prompt=False`` scores continuations without a cache: one forward over ``prompt + choice``
-per (example, choice) row, the noise row of the example repeated for each of its choices. It costs
-more (the prompt runs once per choice) but needs no KV cache, which gradient checkpointing
-forbids; it gives the same logits as the cached path (tested).
+per (example, choice) row, each with its example's noise row; it costs more (the prompt runs once
+per choice), needs no KV cache (which gradient checkpointing forbids) and gives the same logits.
 """
 
 from __future__ import annotations
@@ -66,8 +65,7 @@ def _cache_kwarg(model: nn.Module) -> str:
 
 
 def _output_cache(out) -> object:
-    cache = getattr(out, "cache", None)
-    return cache if cache is not None else getattr(out, "past_key_values", None)
+    return out.cache if getattr(out, "cache", None) is not None else getattr(out, "past_key_values", None)
 
 
 @dataclass(frozen=True)
@@ -82,6 +80,8 @@ class Scorer:
     """Computes class logits ``[B, C_max]`` (``-inf`` where an example has fewer choices)."""
 
     classifies = True  # a row's logits are over its choices; its label says which is right
+    track_greedy = False  # keep .greedy [B, C_max]: all of a choice's tokens argmax (the harness's is_greedy)
+    greedy: torch.Tensor | None = None
 
     def __init__(
         self,
@@ -320,6 +320,7 @@ class Scorer:
 
         # The first choice token is predicted by the prompt's last position.
         token_lp = [last[index].gather(-1, targets[:, :1])]
+        hits = [last[index].argmax(-1, keepdim=True) == targets[:, :1]]  # each token the argmax?
         if longest > 1:
             select_cache_rows(cache, index, branch)
             select_noise(model, index)
@@ -342,9 +343,12 @@ class Scorer:
                 **{_cache_kwarg(model): cache},
             )
             rest = torch.zeros(scored.shape, dtype=lp.dtype, device=device)
-            token_lp.append(
-                rest.masked_scatter(scored, lp.gather(-1, targets[:, 1:][scored][:, None]).squeeze(-1))
-            )
+            later = targets[:, 1:][scored]
+            token_lp.append(rest.masked_scatter(scored, lp.gather(-1, later[:, None]).squeeze(-1)))
+            hits.append(torch.ones_like(scored).masked_scatter(scored, lp.argmax(-1) == later))
+        if self.track_greedy:
+            greedy = (torch.cat(hits, dim=1) | ~target_mask).all(-1)
+            self.greedy = self._per_choice(encoded, index, greedy, False)
         return self._choice_logits(encoded, index, torch.cat(token_lp, dim=1), target_mask)
 
     def _choice_logits(
@@ -357,10 +361,15 @@ class Scorer:
         elif self.length_norm == LengthNorm.CHARS:
             chars = torch.tensor([n for e in encoded for n in e.chars], device=scores.device)
             scores = scores / chars.to(scores.dtype)
+        return self._per_choice(encoded, index, scores, float("-inf"))
+
+    @staticmethod
+    def _per_choice(encoded: list[Encoded], index: torch.Tensor, values: torch.Tensor, fill) -> torch.Tensor:
+        """Per-row ``values [rows]`` -> ``[B, C_max]`` (row r is example index[r]; ``fill`` elsewhere)."""
         c_max = max(e.n_choices for e in encoded)
-        logits = torch.full((len(encoded), c_max), float("-inf"), device=token_lp.device)
-        choice_pos = torch.tensor([j for e in encoded for j in range(e.n_choices)], device=token_lp.device)
-        return logits.index_put((index, choice_pos), scores)
+        out = torch.full((len(encoded), c_max), fill, dtype=values.dtype, device=values.device)
+        choice_pos = torch.tensor([j for e in encoded for j in range(e.n_choices)], device=values.device)
+        return out.index_put((index, choice_pos), values)
 
     def _full_continuation_logits(
         self, model: nn.Module, encoded: list[Encoded], device: torch.device, branch: Branch | None
