@@ -142,6 +142,11 @@ def test_files_keep_to_one_job(path):
             ("peft", "bitsandbytes"),
         ),
         ("from scalabl import RunConfig; RunConfig()", ("torch", "peft", "bitsandbytes")),
+        # the core imports no extra: the harness and Ray are imported by their own modules only
+        (
+            "import scalabl.runs, scalabl.bench, scalabl.export, scalabl.hub, scalabl.cli; scalabl.cli.build_parser()",
+            ("lm_eval", "ray", "fastapi", "laplace", "lm_polygraph"),
+        ),
     ],
 )
 def test_start_up_imports_only_what_it_uses(code, absent):

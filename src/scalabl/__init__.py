@@ -21,6 +21,7 @@ _EXPORTS = {
     "load_splits": "scalabl.data",
     "load_model": "scalabl.models",
     "compute_metrics": "scalabl.metrics",
+    "from_pretrained": "scalabl.hub",
 }
 
 __all__ = ["__version__", *_EXPORTS]

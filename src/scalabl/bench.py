@@ -272,6 +272,26 @@ def merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+Group = tuple[tuple[str, str, int], list[tuple[str, str, int]]]
+
+
+def selected_groups(
+    config: BenchConfig, *, shard: tuple[int, int] | None = None, methods: list[str] | None = None
+) -> list[Group]:
+    """The groups of cells a bench runs (:meth:`BenchConfig.groups`): shard ``(index, count)``'s only,
+    and of the root ``methods`` only, if given."""
+    groups = config.groups() if shard is None else config.shard_groups(*shard)
+    if methods is not None:
+        roots = {config.root(label) for label in config.methods}
+        unknown = sorted(set(methods) - roots)
+        if unknown:
+            raise ValueError(
+                f"methods: {unknown[0]!r} is not a trained method of the grid; choose from {sorted(roots)}"
+            )
+        groups = [(key, cells) for key, cells in groups if key[0] in methods]
+    return groups
+
+
 def run_bench(
     config: BenchConfig,
     *,
@@ -297,15 +317,7 @@ def run_bench(
     """
     if shard is not None and share:
         raise ValueError("bench: choose --shard I/N or --share, not both")
-    groups = config.groups() if shard is None else config.shard_groups(*shard)
-    if methods is not None:
-        roots = {config.root(label) for label in config.methods}
-        unknown = sorted(set(methods) - roots)
-        if unknown:
-            raise ValueError(
-                f"methods: {unknown[0]!r} is not a trained method of the grid; choose from {sorted(roots)}"
-            )
-        groups = [(key, cells) for key, cells in groups if key[0] in methods]
+    groups = selected_groups(config, shard=shard, methods=methods)
     total = sum(len(cells) for _, cells in groups)
     done = sum(config.finished_dir(*c) is not None for _, cells in groups for c in cells)
     with config.output(overwrite=overwrite):
@@ -317,14 +329,14 @@ def run_bench(
             with claim(config.claim_path(key)) if share else nullcontext(True) as ours:
                 if ours:
                     for cell in todo:
-                        _run_cell(config, cell, bar)
+                        run_cell(config, cell, bar)
         bar.close()
         results = collect(config)
         write_tables(config, results)
     return results
 
 
-def _run_cell(config: BenchConfig, cell: tuple[str, str, int], bar: Any) -> None:
+def run_cell(config: BenchConfig, cell: tuple[str, str, int], bar: Any) -> None:
     """Run one cell (and its source's, when only the archive has that): an unfinished cell's folder
     holds the bench's own leftovers, which the run replaces."""
     label, task, seed = cell

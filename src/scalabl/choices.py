@@ -180,3 +180,10 @@ class DType(Choice):
 
 
 EMBEDDED_MODEL = "smollm2-135m-instruct"
+
+
+class Backend(Choice):
+    """Where ``scalabl bench`` runs its cells."""
+
+    LOCAL = "local"  # in this process (claim files share a grid between processes)
+    RAY = "ray"  # as Ray tasks, on a local Ray or a cluster

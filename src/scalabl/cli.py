@@ -17,8 +17,10 @@ import warnings
 from dataclasses import replace
 from pathlib import Path
 
+from scalabl.choices import Backend
 from scalabl.cli_serving import add_serving_commands
 from scalabl.config import MethodConfig, RunConfig, TrainConfig
+from scalabl.config.backend import BackendConfig
 from scalabl.config.flags import add_options, dest, given, given_flags
 from scalabl.config.generate import GenerateConfig
 from scalabl.plan import PlanConfig, plan_for
@@ -97,13 +99,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.out.resolve() == args.run_dir.resolve():
         raise ValueError(f"export: OUT {args.out} is the run folder itself; choose another folder")
     config, blora = load_run(args.run_dir)
+    posterior = args.run_dir if args.with_posterior else None
     for note in export_peft(
-        blora, args.out, base_model=config.model, member=args.member, overwrite=args.overwrite
+        blora,
+        args.out,
+        base_model=config.model,
+        member=args.member,
+        overwrite=args.overwrite,
+        posterior_from=posterior,
     ):
         print(f"note: {note}")
     print(
         f"peft adapter written to {args.out} (load with PeftModel.from_pretrained(base_model, '{args.out}'))"
     )
+    if posterior is not None:
+        print(f"whole posterior and model card written too (load with scalabl.from_pretrained('{args.out}'))")
     return 0
 
 
@@ -118,13 +128,26 @@ def parse_shard(text: str) -> tuple[int, int]:
 def cmd_bench(args: argparse.Namespace) -> int:
     from scalabl.bench import BenchConfig, archive_cells, collect, run_bench, write_tables
 
+    backend = BackendConfig(**given(args, BackendConfig))
+    if backend.backend == Backend.RAY and (args.share or args.shard):
+        raise ValueError(
+            "backend: Ray schedules the cells itself; --share and --shard are for --backend local"
+        )
     bench = BenchConfig.from_file(args.config)
     if args.out:
         bench.out = str(args.out)
+    failed = []
     for config in bench.grids(args.models):
         if args.tables_only:
             with config.output(overwrite=args.overwrite):
                 write_tables(config, collect(config))
+        elif backend.backend == Backend.RAY:
+            from scalabl.bench_ray import run_bench_ray
+
+            _, failures = run_bench_ray(
+                config, backend, progress=not args.quiet, overwrite=args.overwrite, methods=args.methods
+            )
+            failed.extend(failures)
         else:
             run_bench(
                 config,
@@ -137,7 +160,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print((Path(config.out) / "summary.md").read_text())
         if args.archive:
             print(f"archived {archive_cells(config)} finished cells in {config.archive}")
-    return 0
+    for failure in failed:
+        print(f"failed: {failure}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -237,6 +262,7 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--overwrite", action="store_true", help="use an output folder that holds other files too")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_options(p.add_argument_group("backend (where the cells run)"), BackendConfig)
     p.set_defaults(func=cmd_bench)
 
 
@@ -283,6 +309,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", type=Path, help="a folder written by 'scalabl train'")
     p.add_argument("out", type=Path, help="output folder (new or empty, unless --overwrite)")
     p.add_argument("--member", type=int, default=None, help="ensemble: which member to export")
+    p.add_argument(
+        "--with-posterior",
+        action="store_true",
+        help="also write the whole posterior (OUT/posterior) and a model card (OUT/README.md): a folder "
+        "to push to the hub, read back by scalabl.from_pretrained",
+    )
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=cmd_export)
 

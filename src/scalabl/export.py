@@ -20,6 +20,7 @@ from scalabl.api import BayesianLoRA
 from scalabl.architectures import tied_head
 from scalabl.bayesian import base_model as base_of
 from scalabl.bayesian import lora_layers
+from scalabl.hub import CARD, POSTERIOR, write_posterior
 from scalabl.io import atomic_path, output_folder, write_json
 
 PEFT_WEIGHTS = "adapter_model.safetensors"
@@ -34,10 +35,12 @@ def export_peft(
     base_model: str,
     member: int | None = None,
     overwrite: bool = False,
+    posterior_from: str | Path | None = None,
 ) -> list[str]:
     """Write ``out/adapter_model.safetensors`` + ``out/adapter_config.json`` (peft's format), each file
     atomically. ``out`` must be new or empty; ``overwrite=True`` replaces an earlier export's files
-    there and keeps everything else (see :func:`scalabl.io.output_folder`).
+    there and keeps everything else (see :func:`scalabl.io.output_folder`). ``posterior_from`` (the
+    run folder of ``blora``) adds the whole posterior and a model card (:mod:`scalabl.hub`).
 
     Returns notes on what the export leaves out (empty when nothing is lost but the spread).
     """
@@ -78,9 +81,8 @@ def export_peft(
             "lm_head shares its weight with the input embeddings: its adapter changes the output head only; "
             "do not merge it (merging would change the input embeddings too)"
         )
-    with output_folder(
-        out, (PEFT_WEIGHTS, PEFT_CONFIG, NOTES), overwrite=overwrite, command="scalabl export"
-    ):
+    own = (PEFT_WEIGHTS, PEFT_CONFIG, NOTES) + ((POSTERIOR, CARD) if posterior_from is not None else ())
+    with output_folder(out, own, overwrite=overwrite, command="scalabl export"):
         with atomic_path(out / PEFT_WEIGHTS) as tmp:
             save_file(state, str(tmp), metadata={"format": "pt"})
         # peft writes its own config (kept as it is): into a scratch folder, then moved into place
@@ -88,4 +90,6 @@ def export_peft(
             config.save_pretrained(scratch)
             os.replace(Path(scratch) / PEFT_CONFIG, out / PEFT_CONFIG)
         write_json(out / NOTES, {"method": blora.config.to_dict(), "notes": notes})  # the provenance
+        if posterior_from is not None:
+            write_posterior(posterior_from, out, base_model=base_model, notes=notes)
     return notes
