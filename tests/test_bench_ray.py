@@ -46,6 +46,7 @@ def _grid(root: Path, name: str, model: Path, methods: dict, seeds: tuple[int, .
     return path
 
 
+ROOT = Path(__file__).resolve().parents[1]  # where pytest, hence Ray's workers, started
 METHODS = {"mle": {}, "temperature": {"from": "mle"}}  # a trained cell and a post-hoc one on its adapter
 
 
@@ -72,6 +73,7 @@ def test_ray_backend_gives_the_local_backends_tables_byte_for_byte(local_ray, tm
     assert [local.cell_dir(*c) for c in local.grid()] == [
         distributed.cell_dir(*c) for c in distributed.grid()
     ]
+    assert not (ROOT / "out").exists()  # the workers wrote where the driver stood, not where Ray started
     tables = _tables(tmp_path / "local" / "out")
     assert "summary.md" in tables and any(k.startswith("tables/") for k in tables)
     assert _tables(tmp_path / "ray" / "out") == tables

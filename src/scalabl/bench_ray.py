@@ -17,6 +17,7 @@ sets a task's ``OMP_NUM_THREADS`` to its CPUs (unless the environment sets it) a
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,9 +60,13 @@ class _Silent:
         print(text, flush=True)  # Ray forwards a task's output to the driver's log
 
 
-def run_group(config: BenchConfig, cells: list[tuple[str, str, int]]) -> dict[str, bytes]:
+def run_group(config: BenchConfig, cells: list[tuple[str, str, int]], cwd: str) -> dict[str, bytes]:
     """The body of a group's Ray task: run its unfinished cells in order, return their small files
-    by path relative to ``config.out``."""
+    by path relative to ``config.out``. Relative paths of the config (``out``, models) mean what they
+    mean on the driver, whose folder ``cwd`` is where it exists (a worker starts elsewhere; a cell's
+    hash holds its paths as written, so they are not made absolute)."""
+    if Path(cwd).is_dir():
+        os.chdir(cwd)
     for cell in cells:
         run_cell(config, cell, _Silent())
     files = {}
@@ -114,7 +119,8 @@ def run_bench_ray(
             task = ray.remote(run_group).options(
                 num_cpus=backend.cpus_per_cell, num_gpus=backend.gpus_per_cell, max_retries=0
             )
-            pending = {task.remote(config, cells): (cells, 1) for _, cells in groups}
+            driver_cwd = os.getcwd()
+            pending = {task.remote(config, cells, driver_cwd): (cells, 1) for _, cells in groups}
             bar = tqdm(
                 total=sum(len(c) for _, c in groups), desc="bench cells", disable=not progress, unit="cell"
             )
@@ -128,7 +134,7 @@ def run_bench_ray(
                         bar.write(
                             f"retrying {cells[0][0]} {cells[0][1]} seed {cells[0][2]}: {_error_text(err)}"
                         )
-                        pending[task.remote(config, cells)] = (cells, attempt + 1)
+                        pending[task.remote(config, cells, driver_cwd)] = (cells, attempt + 1)
                     else:
                         failures.append(CellFailure(cells, attempt, _error_text(err)))
                         bar.write(f"failed: {failures[-1]}")
