@@ -39,7 +39,9 @@ def test_the_training_loss_is_the_nll_per_answer_token():
     other = QAExample("r", "2+2?", ("four",))
     logits = scorer.class_logits(model, [Q, other], sample=False)
     (lp_a, n_a), (lp_b, n_b) = _plain(model, tok, Q, "Paris"), _plain(model, tok, other, "four")
-    assert float(scorer.loss(logits, [Q, other]).detach()) == pytest.approx(-(lp_a + lp_b) / (n_a + n_b), abs=1e-5)
+    assert float(scorer.loss(logits, [Q, other]).detach()) == pytest.approx(
+        -(lp_a + lp_b) / (n_a + n_b), abs=1e-5
+    )
     assert scorer.answer_tokens([Q, other]).tolist() == [n_a, n_b]
 
 
