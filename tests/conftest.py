@@ -102,3 +102,23 @@ def trained_tiny_run(tmp_path_factory, method: MethodConfig, **run: object) -> t
         out = tmp_path_factory.mktemp("runs") / "run"
         train_run(config, out, progress=False)
     return config, out
+
+
+def tiny_bench(out, model: Path, methods: dict, *, tasks=("arc_easy",), seeds=(0, 1), **extra) -> dict:
+    """A bench config of two-step cells of the tiny saved ``model`` (for tests of the grid itself)."""
+    return {
+        "out": str(out),
+        "tasks": list(tasks),
+        "seeds": list(seeds),
+        "base": {
+            "model": str(model),
+            "max_train": 6,
+            "max_test": 4,
+            "max_validation": 4,
+            "n_samples": [2, 0],
+            "method": {"rank": 2},
+            "train": {"steps": 2, "batch_size": 2},
+        },
+        "methods": methods,
+        **extra,
+    }

@@ -9,7 +9,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from conftest import save_tiny_model
+from conftest import save_tiny_model, tiny_bench
 
 from scalabl.bench import BenchConfig, collect, merged, run_bench, write_tables
 from scalabl.cell_hash import cell_digest
@@ -26,26 +26,8 @@ PINNED_HASH = "seed0-a6763fd8be"
 def bench(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
     model_dir = save_tiny_model(root / "tiny")
-    config = {
-        "out": str(root / "out"),
-        "tasks": ["arc_easy", "obqa"],
-        "seeds": [0, 1],
-        "base": {
-            "model": str(model_dir),
-            "max_train": 6,
-            "max_test": 4,
-            "max_validation": 4,
-            "n_samples": [2, 0],
-            "method": {"rank": 2},
-            "train": {"steps": 2, "batch_size": 2},
-        },
-        "methods": {
-            "mle": {},
-            "scalabl": {"train": {"variational_lr": 0.02}},
-            "temperature": {"from": "mle"},
-        },
-        "ood": {"obqa": ["arc_c"]},
-    }
+    methods = {"mle": {}, "scalabl": {"train": {"variational_lr": 0.02}}, "temperature": {"from": "mle"}}
+    config = tiny_bench(root / "out", model_dir, methods, tasks=["arc_easy", "obqa"], ood={"obqa": ["arc_c"]})
     path = root / "bench.json"
     path.write_text(json.dumps(config))
     with pytest.MonkeyPatch.context() as mp:

@@ -11,7 +11,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from conftest import save_tiny_model  # noqa: E402
+from conftest import save_tiny_model, tiny_bench  # noqa: E402
 
 from scalabl.bench import BenchConfig  # noqa: E402
 from scalabl.cli import main  # noqa: E402
@@ -26,21 +26,7 @@ def local_ray():
 
 
 def _grid(root: Path, name: str, model: Path, methods: dict, seeds: tuple[int, ...] = (0, 1)) -> Path:
-    config = {
-        "out": str(root / name),
-        "tasks": ["arc_easy"],
-        "seeds": list(seeds),
-        "base": {
-            "model": str(model),
-            "max_train": 6,
-            "max_test": 4,
-            "max_validation": 4,
-            "n_samples": [2, 0],
-            "method": {"rank": 2},
-            "train": {"steps": 2, "batch_size": 2},
-        },
-        "methods": methods,
-    }
+    config = tiny_bench(root / name, model, methods, seeds=seeds)
     path = root / f"{name}.json"
     path.write_text(json.dumps(config))
     return path

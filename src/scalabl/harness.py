@@ -30,7 +30,6 @@ on a question's choice distribution, not on a continuation's likelihood.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +51,7 @@ from tqdm import tqdm
 from scalabl.bayesian import bayesian_modules, sampling
 from scalabl.choices import LengthNorm, MethodName, Scoring, Truncation
 from scalabl.generation import majority
+from scalabl.predict import bayesian_model_average
 from scalabl.runs import load_run
 from scalabl.scoring import Encoded, Scorer
 
@@ -89,12 +89,6 @@ class HarnessScorer(Scorer):
             raise ValueError(f"a continuation of {longest} tokens exceeds max_length {self.max_length}")
         prompt = list(group.prompt)[-budget:]
         return Encoded(prompt, [list(c) for c in group.continuations], len(group.continuations))
-
-
-def _log_mean_exp(samples: torch.Tensor) -> torch.Tensor:
-    """``log mean_k exp(x_k)`` over dim 0, in float64."""
-    samples = samples.double()
-    return torch.logsumexp(samples, dim=0) - math.log(samples.shape[0])
 
 
 @register_model("scalabl")
@@ -211,7 +205,9 @@ class ScalaBLLM(TemplateLM):
     ) -> list[tuple[float, bool]]:
         items = [(context or "", ctx, cont) for (context, _), ctx, cont in requests]
         loglik, greedy = self._per_sample(items, progress=not disable_tqdm)
-        answers = [(float(v), g) for v, g in zip(_log_mean_exp(loglik).tolist(), greedy, strict=True)]
+        answers = [
+            (float(v), g) for v, g in zip(bayesian_model_average(loglik).tolist(), greedy, strict=True)
+        ]
         for ((context, continuation), _, _), answer in zip(requests, answers, strict=True):
             self.cache_hook.add_partial("loglikelihood", (context, continuation), answer)
         return answers
@@ -231,7 +227,7 @@ class ScalaBLLM(TemplateLM):
         loglik, _ = self._per_sample(items, progress=not disable_tqdm)
         per_doc = torch.zeros((loglik.shape[0], len(requests)), dtype=torch.float64)
         per_doc.index_add_(1, torch.tensor(owner, dtype=torch.long), loglik)
-        answers = _log_mean_exp(per_doc).tolist()
+        answers = bayesian_model_average(per_doc).tolist()
         for req, answer in zip(requests, answers, strict=True):
             self.cache_hook.add_partial("loglikelihood_rolling", req.args, answer)
         return answers

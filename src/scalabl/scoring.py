@@ -318,9 +318,8 @@ class Scorer:
             target_mask[r, : len(c)] = True
         targets, target_mask = targets.to(device), target_mask.to(device)
 
-        # The first choice token is predicted by the prompt's last position.
-        token_lp = [last[index].gather(-1, targets[:, :1])]
-        hits = [last[index].argmax(-1, keepdim=True) == targets[:, :1]]  # each token the argmax?
+        token_lp = [last[index].gather(-1, targets[:, :1])]  # the prompt's last position: the first token
+        hits = [last[index].argmax(-1, keepdim=True) == targets[:, :1]] if self.track_greedy else None
         if longest > 1:
             select_cache_rows(cache, index, branch)
             select_noise(model, index)
@@ -345,8 +344,9 @@ class Scorer:
             rest = torch.zeros(scored.shape, dtype=lp.dtype, device=device)
             later = targets[:, 1:][scored]
             token_lp.append(rest.masked_scatter(scored, lp.gather(-1, later[:, None]).squeeze(-1)))
-            hits.append(torch.ones_like(scored).masked_scatter(scored, lp.argmax(-1) == later))
-        if self.track_greedy:
+            if hits is not None:
+                hits.append(torch.ones_like(scored).masked_scatter(scored, lp.argmax(-1) == later))
+        if hits is not None:
             greedy = (torch.cat(hits, dim=1) | ~target_mask).all(-1)
             self.greedy = self._per_choice(encoded, index, greedy, False)
         return self._choice_logits(encoded, index, torch.cat(token_lp, dim=1), target_mask)
