@@ -145,7 +145,7 @@ def test_files_keep_to_one_job(path):
         # the core imports no extra: the harness and Ray are imported by their own modules only
         (
             "import scalabl.runs, scalabl.bench, scalabl.export, scalabl.hub, scalabl.cli; scalabl.cli.build_parser()",
-            ("lm_eval", "ray", "fastapi", "laplace", "lm_polygraph"),
+            ("lm_eval", "ray", "fastapi", "laplace", "lm_polygraph", "ivon"),
         ),
     ],
 )

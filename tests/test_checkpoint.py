@@ -31,6 +31,8 @@ CASES = {
     "scalabl-blob": ({"method": "scalabl"}, {"recipe": "blob"}),  # two optimisers
     "ensemble": ({"method": "ensemble", "ensemble_size": 2}, {}),
     "mcdropout": ({"method": "mcdropout"}, {}),
+    # IVON: its Hessian, momentum and step count, and the global RNG it samples weights from
+    "ivon": ({"method": "ivon", "ivon_lr": 0.5, "ivon_train_samples": 2}, {}),
 }
 
 

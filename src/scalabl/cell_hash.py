@@ -34,6 +34,12 @@ HASH_OMIT_AT_DEFAULT: dict[str, Any] = {
     "method.noise_sharing": "module",
     "method.covariance": "diagonal",
     "method.prior_fit": "fixed",
+    "method.ivon_lr": 0.03,
+    "method.ivon_ess": 1e7,
+    "method.ivon_hess_init": 3e-4,
+    "method.ivon_beta2": 0.99999,
+    "method.ivon_clip_radius": 1e-3,
+    "method.ivon_train_samples": 1,
     "generate": GenerateConfig().to_dict(),
 }
 

@@ -3,7 +3,8 @@
 A checkpoint holds everything the training loop's future depends on:
 
 * the trainable tensors of the adapter (LoRA and variational parameters) and its buffers,
-* the optimisers' states (AdamW moments and step counts; BLoB's SGD) and the LR scheduler,
+* the optimisers' states (AdamW moments and step counts; BLoB's SGD; IVON's Hessian, momentum and
+  step count) and the LR scheduler,
 * the random state: the loop's ``torch.Generator`` (data order and noise) and torch's global RNG
   (peft's dropout), and the data position (the current epoch's permutation and the next index),
 * the history logged so far and the partial averages since the last log.
@@ -35,30 +36,63 @@ def _adapter_keys(model: nn.Module) -> list[str]:
     return [k for k in model.state_dict() if "lora_" in k]
 
 
+def _pack(key: str, value: Any, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """A tensor into the body (named ``key``), anything else as a JSON value."""
+    if torch.is_tensor(value):
+        tensors[key] = value.detach().contiguous().cpu()
+        return {"tensor": key}
+    return {"value": value}
+
+
+def _unpack(packed: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Any:
+    return tensors[packed["tensor"]] if "tensor" in packed else packed["value"]
+
+
 def _flatten_optimizer(
     prefix: str, optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]
 ) -> dict:
+    """An optimiser's state dict as JSON with its tensors moved into ``tensors``: the per-parameter
+    state (AdamW's moments), tensors held in a parameter group (IVON's Hessian and momentum),
+    state under names rather than parameters (IVON's running averages) and extra top-level entries."""
     state = optimizer.state_dict()
-    layout: dict[str, Any] = {"param_groups": state["param_groups"], "state": {}}
+    layout: dict[str, Any] = {"param_groups": [], "state": {}, "named_state": {}, "extra": {}}
+    for g, group in enumerate(state["param_groups"]):
+        layout["param_groups"].append(
+            {
+                name: {"tensor_in_group": _pack(f"{prefix}.group{g}.{name}", v, tensors)["tensor"]}
+                if torch.is_tensor(v)
+                else v
+                for name, v in group.items()
+            }
+        )
     for idx, entry in state["state"].items():
-        layout["state"][str(idx)] = {}
-        for name, value in entry.items():
-            if torch.is_tensor(value):
-                key = f"{prefix}.{idx}.{name}"
-                tensors[key] = value.detach().contiguous().cpu()
-                layout["state"][str(idx)][name] = {"tensor": key}
-            else:
-                layout["state"][str(idx)][name] = {"value": value}
+        if not isinstance(idx, int):
+            layout["named_state"][idx] = _pack(f"{prefix}.named.{idx}", entry, tensors)
+            continue
+        layout["state"][str(idx)] = {
+            name: _pack(f"{prefix}.{idx}.{name}", value, tensors) for name, value in entry.items()
+        }
+    for key, value in state.items():
+        if key not in ("state", "param_groups"):
+            layout["extra"][key] = _pack(f"{prefix}.extra.{key}", value, tensors)
     return layout
 
 
 def _unflatten_optimizer(layout: dict, tensors: dict[str, torch.Tensor]) -> dict:
-    state = {}
-    for idx, entry in layout["state"].items():
-        state[int(idx)] = {
-            name: tensors[v["tensor"]] if "tensor" in v else v["value"] for name, v in entry.items()
+    state: dict[Any, Any] = {
+        int(idx): {name: _unpack(v, tensors) for name, v in entry.items()}
+        for idx, entry in layout["state"].items()
+    }
+    state.update({name: _unpack(v, tensors) for name, v in layout.get("named_state", {}).items()})
+    groups = [
+        {
+            name: tensors[v["tensor_in_group"]] if isinstance(v, dict) and "tensor_in_group" in v else v
+            for name, v in group.items()
         }
-    return {"state": state, "param_groups": layout["param_groups"]}
+        for group in layout["param_groups"]
+    ]
+    extra = {key: _unpack(v, tensors) for key, v in layout.get("extra", {}).items()}
+    return {"state": state, "param_groups": groups, **extra}
 
 
 def save_checkpoint(

@@ -45,6 +45,7 @@ class MethodName(Choice):
     TFB = "tfb"
     LAPLACE = "laplace"
     TEMPERATURE = "temperature"
+    IVON = "ivon"
 
 
 class NoiseMode(Choice):

@@ -144,6 +144,8 @@ def extra_parameters(method: str, linears: list[tuple[str, int, int]], rank: int
         return (rank + 1) * len(linears)
     if method == MethodName.ENSEMBLE:
         return (ensemble_size - 1) * lora
+    if method == MethodName.IVON:  # a posterior variance (IVON's Hessian) per LoRA weight
+        return lora
     if method == MethodName.LAPLACE:
         if laplace_hessian == LaplaceHessian.DIAG:
             return lora

@@ -18,6 +18,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,19 +80,31 @@ class TrainingDiverged(ValueError):
     """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
 
 
+# A method's own optimiser over the loop's parameter groups (IVON); None: AdamW.
+MakeOptimizer = Callable[[list[dict[str, Any]]], torch.optim.Optimizer]
+
+
 @dataclass
 class Optimisation:
-    """What the optimisers act on: AdamW (+ its schedule) on everything, BLoB's SGD on the KL."""
+    """What the optimisers act on: AdamW (or the method's own, + its schedule) on everything, BLoB's
+    SGD on the KL."""
 
-    main: torch.optim.AdamW
+    main: torch.optim.Optimizer
     scheduler: Any
     kl: torch.optim.SGD | None
     trainable: list[nn.Parameter]
     bayesian: bool  # the model has variational parameters (tfb's fixed posterior has none)
+    # An optimiser whose posterior is over the weights themselves (IVON): every step's gradients are
+    # taken at this many weight samples, each held by its ``sampled_params(train=True)``; 0: none.
+    weight_samples: int = 0
 
     @property
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"main": self.main} | ({"kl": self.kl} if self.kl is not None else {})
+
+    def weight_sample(self) -> AbstractContextManager[Any]:
+        """Hold one weight sample while a gradient is taken (the optimiser reads it on release)."""
+        return self.main.sampled_params(train=True) if self.weight_samples else nullcontext()
 
 
 @dataclass
@@ -119,6 +132,8 @@ def fit(
     progress: bool = True,
     on_log: Callable[[dict[str, Any]], None] | None = None,
     validation: Sequence[Example] = (),
+    make_optimizer: MakeOptimizer | None = None,
+    weight_samples: int = 0,
 ) -> list[dict[str, Any]]:
     """Train the adapter of ``model`` on ``train``; returns the logged history (one dict per log).
 
@@ -132,12 +147,16 @@ def fit(
     the end; ``resume=True`` continues from the checkpoint there (if any) and gives the same result,
     bit for bit on CPU, as a run never interrupted. ``on_log`` sees only the records logged after
     the resumed step.
+
+    ``make_optimizer`` replaces AdamW by a method's optimiser over the same parameter groups; with
+    ``weight_samples`` > 0 it is one that samples the weights (IVON's ``sampled_params``): each step
+    averages the gradients of that many samples, all on the step's batch.
     """
     if len(train) == 0:
         raise ValueError("training set is empty")
     n_train = len(train)
     generator = torch.Generator().manual_seed(config.seed)
-    opt = optimisation(model, config)
+    opt = optimisation(model, config, make_optimizer, weight_samples)
     state = LoopState(BatchStream(n_train, config.batch_size, generator))
     if checkpoint_dir is not None and resume:
         resume_from(checkpoint_dir, model, opt, generator, config, state)
@@ -150,11 +169,17 @@ def fit(
         log.warning("no validation curve: a 4-bit base on the CPU would be repacked for inference by it")
         held_out = []
     for step in bar:
-        opt.main.zero_grad(set_to_none=True)
-        nll = nll_backward(model, scorer, train, config, state.batches, generator)
-        kl_value, kl_term = prior_backward(model, opt, config, step, n_train, penalty)
-        # Mean over processes: the KL / N term, added by each, then counts once (see scalabl.distributed).
-        distributed.average_gradients(opt.trainable)
+        batches = [state.batches.next() for _ in range(config.grad_accum)]
+        draws = max(1, opt.weight_samples)
+        nll = 0.0
+        for _ in range(draws):
+            with opt.weight_sample():
+                opt.main.zero_grad(set_to_none=True)
+                nll += nll_backward(model, scorer, train, batches, generator, config.grad_accum) / draws
+                kl_value, kl_term = prior_backward(model, opt, config, step, n_train, penalty)
+                # Mean over processes: the KL / N term, added by each, then counts once (see
+                # scalabl.distributed).
+                distributed.average_gradients(opt.trainable)
         nll = distributed.mean(nll)
         check_finite(step, nll, kl_term, state.last_checkpoint, checkpoint_dir)
         lr, schedule = optimiser_step(opt, config)
@@ -179,9 +204,15 @@ def fit(
 
 
 # ---- the steps of the loop -------------------------------------------------------------------------
-def optimisation(model: nn.Module, config: TrainConfig) -> Optimisation:
-    """AdamW over the trainable parameters (the variational ones in their own group, without weight
-    decay: the KL is their regulariser), its warm-up/decay schedule, and BLoB's SGD on the KL."""
+def optimisation(
+    model: nn.Module,
+    config: TrainConfig,
+    make_optimizer: MakeOptimizer | None = None,
+    weight_samples: int = 0,
+) -> Optimisation:
+    """AdamW (or ``make_optimizer``'s) over the trainable parameters (the variational ones in their own
+    group, without weight decay: the KL is their regulariser), its warm-up/decay schedule, and BLoB's
+    SGD on the KL."""
     variational = variational_parameters(model)
     var_ids = {id(p) for p in variational}
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -191,14 +222,20 @@ def optimisation(model: nn.Module, config: TrainConfig) -> Optimisation:
             config.variational_lr if config.recipe == Recipe.ELBO and config.variational_lr else config.lr
         )
         groups.append({"params": variational, "lr": var_lr, "weight_decay": 0.0})
-    main = torch.optim.AdamW(groups, lr=config.lr, eps=config.adam_eps, weight_decay=config.weight_decay)
+    main = (
+        make_optimizer(groups)
+        if make_optimizer is not None
+        else torch.optim.AdamW(groups, lr=config.lr, eps=config.adam_eps, weight_decay=config.weight_decay)
+    )
     scheduler = get_linear_schedule_with_warmup(main, round(config.warmup_ratio * config.steps), config.steps)
     kl = (
         torch.optim.SGD(variational, lr=config.kl_lr)
         if config.recipe == Recipe.BLOB and variational
         else None
     )
-    return Optimisation(main, scheduler, kl, trainable, bayesian=bool(variational))
+    return Optimisation(
+        main, scheduler, kl, trainable, bayesian=bool(variational), weight_samples=weight_samples
+    )
 
 
 def resume_from(
@@ -233,15 +270,16 @@ def nll_backward(
     model: nn.Module,
     scorer: Scorer,
     train: Sequence[Example],
-    config: TrainConfig,
-    batches: BatchStream,
+    batches: list[list[int]],
     generator: torch.Generator,
+    grad_accum: int,
 ) -> float:
     """Backward of the mean NLL (the scorer's loss: of the labelled choice, or per answer token)
-    over ``grad_accum`` micro-batches, one posterior sample per example; returns the NLL."""
+    over the step's micro-batches (indices into ``train``), one posterior sample per example;
+    returns the NLL."""
     nll_sum = 0.0
-    for _ in range(config.grad_accum):
-        batch = [train[i] for i in batches.next()]
+    for indices in batches:
+        batch = [train[i] for i in indices]
         # Data parallel: this process's rows of the global batch, with the noise rows one process
         # would draw for them.
         n_global = len(batch)
@@ -255,10 +293,10 @@ def nll_backward(
                     model, batch, sample=True, generator=generator, keep_noise=True, rows_of=(n_global, rows)
                 )
                 nll = scorer.loss(logits, batch)
-                (nll / config.grad_accum).backward()
+                (nll / grad_accum).backward()
             finally:
                 clear_noise(model)
-        nll_sum += nll.item() / config.grad_accum
+        nll_sum += nll.item() / grad_accum
     return nll_sum
 
 
@@ -305,13 +343,16 @@ def check_finite(
 
 
 def optimiser_step(opt: Optimisation, config: TrainConfig) -> tuple[float, float]:
-    """Clip, step AdamW and its schedule; returns this step's learning rate and its warm-up/decay factor."""
-    if config.max_grad_norm:
+    """Clip, step the optimiser and its schedule; returns this step's learning rate and its warm-up/decay
+    factor. An optimiser that samples the weights read its gradients already (IVON bounds its steps
+    by its own clip radius): no clipping there."""
+    if config.max_grad_norm and not opt.weight_samples:
         torch.nn.utils.clip_grad_norm_(opt.trainable, config.max_grad_norm)
     opt.main.step()
-    lr = opt.main.param_groups[0]["lr"]
+    group = opt.main.param_groups[0]
+    lr, schedule = group["lr"], group["lr"] / group["initial_lr"]
     opt.scheduler.step()
-    return lr, lr / config.lr
+    return lr, schedule
 
 
 def kl_step(

@@ -32,6 +32,7 @@ EXPECTED_EXTRA = {
     "blob": A_ENTRIES,  # rho for every entry of A
     "tfb": 4 * (RANK + 1),  # singular values and beta per module
     "ensemble": (K - 1) * LORA,
+    "ivon": LORA,  # a posterior variance (IVON's Hessian entry) per LoRA weight
     "scalabl/full": 4 * (2 * RANK + RANK * (RANK - 1) // 2),  # + the Cholesky factor's lower triangle
     "scalabl/layer-noise": 4 * 2 * RANK,
     "scalabl/adapter-noise": 4 * 2 * RANK,

@@ -80,6 +80,16 @@ class MethodConfig(JSONConfig):
         LaplacePredictive.GLM, "laplace: linearised (glm) or sampled (mc) predictive"
     )
     laplace_max_train: int = option(256, "laplace: training examples the Hessian is estimated on")
+    ivon_lr: float = option(
+        0.03, "ivon: IVON's learning rate (a step is at most lr x ivon_clip_radius per weight)"
+    )
+    ivon_ess: float = option(
+        1e7, "ivon: effective sample size; the posterior precision is ess (h + weight_decay)"
+    )
+    ivon_hess_init: float = option(3e-4, "ivon: initial Hessian h_0 (initial posterior std 1/sqrt(ess h_0))")
+    ivon_beta2: float = option(0.99999, "ivon: rate of the Hessian's moving average")
+    ivon_clip_radius: float = option(1e-3, "ivon: bound on each coordinate of the preconditioned step")
+    ivon_train_samples: int = option(1, "ivon: weight samples per training step (their gradients averaged)")
     temperature: bool = option(False, "fit a temperature on the validation split after training (any method)")
 
     def __post_init__(self) -> None:
@@ -102,7 +112,19 @@ class MethodConfig(JSONConfig):
             v = getattr(self, name)
             if v is not None and v <= 0:
                 raise ValueError(f"{name}: must be > 0, got {v!r}")
-        positive_ints(self, "ensemble_size", "tfb_samples", "tfb_search_steps", "laplace_max_train")
+        positive_ints(
+            self,
+            "ensemble_size",
+            "tfb_samples",
+            "tfb_search_steps",
+            "laplace_max_train",
+            "ivon_train_samples",
+        )
+        for name in ("ivon_lr", "ivon_ess", "ivon_hess_init", "ivon_clip_radius"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}: must be > 0, got {getattr(self, name)!r}")
+        if not 0.0 <= self.ivon_beta2 <= 1.0:
+            raise ValueError(f"ivon_beta2: must be in [0, 1], got {self.ivon_beta2!r}")
         if self.prior_fit != "fixed" and self.kl_direction != "correct":
             raise ValueError(
                 "prior_fit: empirical Bayes is derived for kl_direction 'correct' (KL(q || p)); "

@@ -17,11 +17,15 @@ class TrainConfig(JSONConfig):
     steps: int = option(100, "optimiser steps")
     batch_size: int = option(4, "examples per micro-batch (the global batch under several processes)")
     grad_accum: int = option(1, "micro-batches per optimiser step")
-    lr: float = option(2e-3, "AdamW learning rate")
+    lr: float = option(2e-3, "AdamW learning rate (ivon: --ivon-lr)")
     adam_eps: float = option(1e-8, "AdamW epsilon (the papers' protocol: 1e-6)")
-    weight_decay: float = option(0.0, "AdamW weight decay (not on the posterior's parameters)")
+    weight_decay: float = option(
+        0.0, "AdamW weight decay (not on the posterior's parameters); ivon: the prior precision delta"
+    )
     warmup_ratio: float = option(0.06, "fraction of the steps of linear warm-up, then linear decay")
-    max_grad_norm: float | None = option(1.0, "clip the gradient norm to this (0: no clipping)")
+    max_grad_norm: float | None = option(
+        1.0, "clip the gradient norm to this (0: no clipping; ivon clips its step instead)"
+    )
     recipe: Recipe = option(
         Recipe.ELBO, "elbo = one AdamW on NLL + KL/N; blob = BLoB's second SGD optimiser on the KL"
     )

@@ -6,6 +6,7 @@ from scalabl.config import MethodConfig
 from scalabl.methods.base import Method
 from scalabl.methods.blob import BLoB
 from scalabl.methods.ensemble import Ensemble
+from scalabl.methods.ivon import IVONLoRA
 from scalabl.methods.laplace import LaplaceLoRA
 from scalabl.methods.map import MAP
 from scalabl.methods.mcdropout import MCDropout
@@ -16,7 +17,7 @@ from scalabl.methods.tfb import TFB
 
 # in the order of scalabl.choices.MethodName (a test holds the two together)
 METHODS: dict[str, type[Method]] = {
-    m.name: m for m in (MLE, ScalaBL, MAP, MCDropout, Ensemble, BLoB, TFB, LaplaceLoRA, Temperature)
+    m.name: m for m in (MLE, ScalaBL, MAP, MCDropout, Ensemble, BLoB, TFB, LaplaceLoRA, Temperature, IVONLoRA)
 }
 
 

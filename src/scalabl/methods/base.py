@@ -24,7 +24,7 @@ from scalabl.distributed import full
 from scalabl.examples import Example
 from scalabl.predict import predict_samples, set_question_noise
 from scalabl.scoring import Scorer
-from scalabl.train import fit
+from scalabl.train import MakeOptimizer, fit
 
 
 def reject_subset(method: str, sample_modules: str) -> None:
@@ -131,6 +131,11 @@ class Method(ABC):
         """A negative log prior added to the training loss as ``penalty() / N_train`` (MAP); None = none."""
         return None
 
+    def optimiser(self, config: TrainConfig) -> tuple[MakeOptimizer | None, int]:
+        """The optimiser the loop uses instead of AdamW, and how many weight samples each step's
+        gradient averages (an optimiser that samples the weights: IVON); ``(None, 0)``: AdamW."""
+        return None, 0
+
     def fit(
         self,
         model: nn.Module,
@@ -145,6 +150,7 @@ class Method(ABC):
         validation: Sequence[Example] = (),
     ) -> list[dict[str, Any]]:
         """Train the adapter with the shared loop (checkpointed into ``checkpoint_dir``); returns its history."""
+        make_optimizer, weight_samples = self.optimiser(config)
         return fit(
             model,
             scorer,
@@ -156,6 +162,8 @@ class Method(ABC):
             progress=progress,
             on_log=on_log,
             validation=validation,
+            make_optimizer=make_optimizer,
+            weight_samples=weight_samples,
         )
 
     # ---- 3. post hoc ------------------------------------------------------------------------------
