@@ -31,7 +31,7 @@ def stock_peft_log_probs(folder) -> torch.Tensor:
     return predicted(model, Scorer(make_byte_tokenizer()), EXAMPLES, n_samples=0)
 
 
-@pytest.mark.parametrize("method", ["scalabl", "blob", "mle", "mcdropout", "ivon"])
+@pytest.mark.parametrize("method", ["scalabl", "blob", "mle", "mcdropout", "ivon", "blora_xs"])
 def test_stock_peft_predicts_the_posterior_mean(method, tmp_path):
     blora = trained(method)
     export_peft(blora, tmp_path / "peft", base_model="tiny")

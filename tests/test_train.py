@@ -14,8 +14,9 @@ from scalabl.api import BayesianLoRA
 from scalabl.bayesian import bayesian_modules
 from scalabl.config import TrainConfig
 from scalabl.methods import MethodConfig
+from scalabl.optimisation import blob_kl_weight
 from scalabl.scoring import Scorer
-from scalabl.train import blob_kl_weight, fit
+from scalabl.train import fit
 
 
 def wrap(method: str = "scalabl", seed: int = 0, **method_kw) -> BayesianLoRA:
@@ -257,7 +258,7 @@ def test_variational_lr_sets_its_own_group():
 
 def test_adam_eps_reaches_the_optimiser():
     """The papers' AdamW epsilon (1e-6) is the optimiser's, not torch's default 1e-8."""
-    from scalabl.train import optimisation
+    from scalabl.optimisation import optimisation
 
     blora = wrap("scalabl")
     for eps in (1e-8, 1e-6):
@@ -316,3 +317,16 @@ def test_empty_training_set_raises():
         blora.fit([], steps=1, progress=False)
     with pytest.raises(ValueError, match="empty"):
         fit(blora.model, Scorer(blora.tokenizer), [], TrainConfig(steps=1), progress=False)
+
+
+@pytest.mark.parametrize("warmup, total", [(0, 10), (3, 10), (10, 10), (1, 1)])
+def test_lr_factor_is_transformers_linear_schedule_and_holds(warmup, total):
+    from transformers import get_linear_schedule_with_warmup
+
+    from scalabl.optimisation import lr_factor
+
+    reference = get_linear_schedule_with_warmup(torch.optim.SGD([torch.zeros(1)], lr=1.0), warmup, total)
+    expected = [reference.lr_lambdas[0](s) for s in range(total + 2)]
+    assert [lr_factor(s, warmup, total) for s in range(total + 2)] == expected
+    held = [lr_factor(s, warmup, total, hold_from=total // 2) for s in range(total + 2)]
+    assert held == expected[: total // 2] + [expected[total // 2]] * (total + 2 - total // 2)

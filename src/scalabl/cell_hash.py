@@ -40,6 +40,10 @@ HASH_OMIT_AT_DEFAULT: dict[str, Any] = {
     "method.ivon_beta2": 0.99999,
     "method.ivon_clip_radius": 1e-3,
     "method.ivon_train_samples": 1,
+    "method.xs_posterior": "swag",
+    "method.swag_rank": 10,
+    "method.swag_start": 0.5,
+    "method.swag_every": 1,
     "generate": GenerateConfig().to_dict(),
 }
 

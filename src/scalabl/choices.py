@@ -46,6 +46,7 @@ class MethodName(Choice):
     LAPLACE = "laplace"
     TEMPERATURE = "temperature"
     IVON = "ivon"
+    BLORA_XS = "blora_xs"
 
 
 class NoiseMode(Choice):
@@ -74,6 +75,13 @@ class PriorFit(Choice):
     FIXED = "fixed"  # N(0, prior_std^2)
     MODULE = "module"  # one prior variance per module, the ELBO's optimum given q
     MODEL = "model"  # one prior variance for the whole adapter
+
+
+class XSPosterior(Choice):
+    """The posterior over B-LoRA-XS's r x r cores."""
+
+    SWAG = "swag"  # diagonal + low-rank Gaussian from the training iterates (the paper)
+    LAPLACE = "laplace"  # laplace-torch's Laplace approximation around the trained cores
 
 
 class KLDirection(Choice):

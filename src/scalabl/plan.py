@@ -75,12 +75,13 @@ class PlanConfig:
     )
     gradient_checkpointing: bool = same_as(RunConfig, "gradient_checkpointing")
     ensemble_size: int = same_as(MethodConfig, "ensemble_size")
+    swag_rank: int = same_as(MethodConfig, "swag_rank")
 
     def __post_init__(self) -> None:
         coerce_choices(self)
         if self.targets is not None:
             self.targets = tuple(self.targets)
-        positive_ints(self, "rank", "batch_size", "seq_len", "answer_tokens", "ensemble_size")
+        positive_ints(self, "rank", "batch_size", "seq_len", "answer_tokens", "ensemble_size", "swag_rank")
 
 
 def load_config(model: str):
@@ -133,7 +134,7 @@ def adapted_linears(model, targets: tuple[str, ...]) -> list[tuple[str, int, int
 
 
 def extra_parameters(method: str, linears: list[tuple[str, int, int]], rank: int, *, ensemble_size: int = 3,
-                     laplace_hessian: str = LaplaceHessian.KRON) -> int:  # fmt: skip
+                     laplace_hessian: str = LaplaceHessian.KRON, swag_rank: int = 10) -> int:  # fmt: skip
     """Parameters a method adds to plain LoRA with these adapted layers (tested against the real modules)."""
     lora = sum(rank * (i + o) for _, i, o in linears)
     if method == MethodName.SCALABL:
@@ -146,6 +147,8 @@ def extra_parameters(method: str, linears: list[tuple[str, int, int]], rank: int
         return (ensemble_size - 1) * lora
     if method == MethodName.IVON:  # a posterior variance (IVON's Hessian) per LoRA weight
         return lora
+    if method == MethodName.BLORA_XS:  # SWAG's mean, second moment and K deviations of each r x r core
+        return (2 + swag_rank) * rank * rank * len(linears)
     if method == MethodName.LAPLACE:
         if laplace_hessian == LaplaceHessian.DIAG:
             return lora
@@ -210,7 +213,7 @@ def plan_for(c: PlanConfig) -> Plan:
     if c.rank > limit:
         raise ValueError(f"rank: {c.rank} exceeds the smallest adapted layer's min(in, out) = {limit}")
     lora = sum(c.rank * (i + o) for _, i, o in linears)
-    extra = extra_parameters(c.method, linears, c.rank, ensemble_size=c.ensemble_size)
+    extra = extra_parameters(c.method, linears, c.rank, ensemble_size=c.ensemble_size, swag_rank=c.swag_rank)
 
     w = DTYPE_BYTES[c.dtype]
     if c.quant:
@@ -228,6 +231,8 @@ def plan_for(c: PlanConfig) -> Plan:
 
     variational = extra if c.method in (MethodName.SCALABL, MethodName.BLOB) else 0
     trained_adapters = lora + variational  # one ensemble member trains at a time
+    if c.method == MethodName.BLORA_XS:  # the r x r cores train; the SVD factors are held frozen
+        trained_adapters = c.rank * c.rank * len(linears)
     ensemble = c.method == MethodName.ENSEMBLE
     held = lora * (c.ensemble_size if ensemble else 1) + extra * (not ensemble)
     trainable_state = 4 * held + 12 * trained_adapters  # weights held + grad and 2 moments of the trained

@@ -9,7 +9,8 @@ Objective per training example (DESIGN §1): ``mean NLL + kl_weight * KL / N_tra
   ``kl_lr * schedule(step) * pi_i``, ``pi_i = 2^i / (2^(M+1) - 1)``, ``i = (step mod M) + 1``,
   ``M = floor(100 * N_train^(pi/8) / batch_size)``.
 
-The options are :class:`scalabl.config.TrainConfig`'s.
+The options are :class:`scalabl.config.TrainConfig`'s; the optimisers, their schedule and the hooks
+by which a method changes the loop are :mod:`scalabl.optimisation`'s.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,27 +26,18 @@ from typing import Any
 import torch
 from torch import nn
 from tqdm.auto import tqdm
-from transformers import get_linear_schedule_with_warmup
 
 from scalabl import distributed
-from scalabl.bayesian import clear_noise, posterior_stats, sampling, total_kl, variational_parameters
+from scalabl.bayesian import clear_noise, posterior_stats, sampling, total_kl
 from scalabl.checkpoint import CHECKPOINT_FILE, read_checkpoint, restore_checkpoint, save_checkpoint
 from scalabl.choices import Recipe
 from scalabl.config import TrainConfig
 from scalabl.examples import Example
 from scalabl.held_out import packs_4bit_for_cpu, validation_scores
+from scalabl.optimisation import Optimisation, TrainingHooks, kl_step, optimisation, optimiser_step
 from scalabl.scoring import Scorer
 
 log = logging.getLogger(__name__)
-
-
-def blob_kl_weight(step: int, n_train: int, batch_size: int) -> float:
-    """BLoB's pi_i for the KL step after NLL step ``step`` (0-based), computed in log space."""
-    m = max(1, math.floor(100 * n_train ** (math.pi / 8) / batch_size))
-    i = step % m + 1
-    # log(2^(M+1) - 1) without overflow for large M
-    log_denominator = (m + 1) * math.log(2) + math.log1p(-(2.0 ** -(m + 1)))
-    return math.exp(i * math.log(2) - log_denominator)
 
 
 class BatchStream:
@@ -80,33 +71,6 @@ class TrainingDiverged(ValueError):
     """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
 
 
-# A method's own optimiser over the loop's parameter groups (IVON); None: AdamW.
-MakeOptimizer = Callable[[list[dict[str, Any]]], torch.optim.Optimizer]
-
-
-@dataclass
-class Optimisation:
-    """What the optimisers act on: AdamW (or the method's own, + its schedule) on everything, BLoB's
-    SGD on the KL."""
-
-    main: torch.optim.Optimizer
-    scheduler: Any
-    kl: torch.optim.SGD | None
-    trainable: list[nn.Parameter]
-    bayesian: bool  # the model has variational parameters (tfb's fixed posterior has none)
-    # An optimiser whose posterior is over the weights themselves (IVON): every step's gradients are
-    # taken at this many weight samples, each held by its ``sampled_params(train=True)``; 0: none.
-    weight_samples: int = 0
-
-    @property
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"main": self.main} | ({"kl": self.kl} if self.kl is not None else {})
-
-    def weight_sample(self) -> AbstractContextManager[Any]:
-        """Hold one weight sample while a gradient is taken (the optimiser reads it on release)."""
-        return self.main.sampled_params(train=True) if self.weight_samples else nullcontext()
-
-
 @dataclass
 class LoopState:
     """Everything the loop carries from step to step (and a checkpoint holds)."""
@@ -132,8 +96,7 @@ def fit(
     progress: bool = True,
     on_log: Callable[[dict[str, Any]], None] | None = None,
     validation: Sequence[Example] = (),
-    make_optimizer: MakeOptimizer | None = None,
-    weight_samples: int = 0,
+    hooks: TrainingHooks = TrainingHooks(),  # noqa: B008 - frozen, never mutated
 ) -> list[dict[str, Any]]:
     """Train the adapter of ``model`` on ``train``; returns the logged history (one dict per log).
 
@@ -148,15 +111,14 @@ def fit(
     bit for bit on CPU, as a run never interrupted. ``on_log`` sees only the records logged after
     the resumed step.
 
-    ``make_optimizer`` replaces AdamW by a method's optimiser over the same parameter groups; with
-    ``weight_samples`` > 0 it is one that samples the weights (IVON's ``sampled_params``): each step
-    averages the gradients of that many samples, all on the step's batch.
+    ``hooks`` are the method's changes to the loop (:class:`TrainingHooks`: IVON's optimiser and
+    weight samples, SWAG's constant-rate phase and its collection after each step).
     """
     if len(train) == 0:
         raise ValueError("training set is empty")
     n_train = len(train)
     generator = torch.Generator().manual_seed(config.seed)
-    opt = optimisation(model, config, make_optimizer, weight_samples)
+    opt = optimisation(model, config, hooks)
     state = LoopState(BatchStream(n_train, config.batch_size, generator))
     if checkpoint_dir is not None and resume:
         resume_from(checkpoint_dir, model, opt, generator, config, state)
@@ -185,6 +147,8 @@ def fit(
         lr, schedule = optimiser_step(opt, config)
         if opt.kl is not None:
             kl_value = kl_step(model, opt.kl, config, step, n_train, schedule)
+        if hooks.after_step is not None:
+            hooks.after_step(step + 1)
 
         state.window.append((nll, kl_value, kl_term))
         if held_out and ((step + 1) % config.validation_interval == 0 or step + 1 == config.steps):
@@ -204,40 +168,6 @@ def fit(
 
 
 # ---- the steps of the loop -------------------------------------------------------------------------
-def optimisation(
-    model: nn.Module,
-    config: TrainConfig,
-    make_optimizer: MakeOptimizer | None = None,
-    weight_samples: int = 0,
-) -> Optimisation:
-    """AdamW (or ``make_optimizer``'s) over the trainable parameters (the variational ones in their own
-    group, without weight decay: the KL is their regulariser), its warm-up/decay schedule, and BLoB's
-    SGD on the KL."""
-    variational = variational_parameters(model)
-    var_ids = {id(p) for p in variational}
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in trainable if id(p) not in var_ids], "lr": config.lr}]
-    if variational:
-        var_lr = (
-            config.variational_lr if config.recipe == Recipe.ELBO and config.variational_lr else config.lr
-        )
-        groups.append({"params": variational, "lr": var_lr, "weight_decay": 0.0})
-    main = (
-        make_optimizer(groups)
-        if make_optimizer is not None
-        else torch.optim.AdamW(groups, lr=config.lr, eps=config.adam_eps, weight_decay=config.weight_decay)
-    )
-    scheduler = get_linear_schedule_with_warmup(main, round(config.warmup_ratio * config.steps), config.steps)
-    kl = (
-        torch.optim.SGD(variational, lr=config.kl_lr)
-        if config.recipe == Recipe.BLOB and variational
-        else None
-    )
-    return Optimisation(
-        main, scheduler, kl, trainable, bayesian=bool(variational), weight_samples=weight_samples
-    )
-
-
 def resume_from(
     folder: str | Path,
     model: nn.Module,
@@ -340,38 +270,6 @@ def check_finite(
         f"step {step + 1}: the training loss is not finite (NLL {nll}, KL/penalty term {term}); "
         f"training stopped, {where}. Lower the learning rate or check the data."
     )
-
-
-def optimiser_step(opt: Optimisation, config: TrainConfig) -> tuple[float, float]:
-    """Clip, step the optimiser and its schedule; returns this step's learning rate and its warm-up/decay
-    factor. An optimiser that samples the weights read its gradients already (IVON bounds its steps
-    by its own clip radius): no clipping there."""
-    if config.max_grad_norm and not opt.weight_samples:
-        torch.nn.utils.clip_grad_norm_(opt.trainable, config.max_grad_norm)
-    opt.main.step()
-    group = opt.main.param_groups[0]
-    lr, schedule = group["lr"], group["lr"] / group["initial_lr"]
-    opt.scheduler.step()
-    return lr, schedule
-
-
-def kl_step(
-    model: nn.Module,
-    kl_optimizer: torch.optim.SGD,
-    config: TrainConfig,
-    step: int,
-    n_train: int,
-    schedule: float,
-) -> float:
-    """The blob recipe's SGD step on the summed KL (learning rate ``kl_lr * schedule * pi_i``); returns the KL."""
-    kl_optimizer.zero_grad(set_to_none=True)
-    kl = total_kl(model)
-    kl.backward()
-    pi = blob_kl_weight(step, n_train, config.batch_size * config.grad_accum)
-    for g in kl_optimizer.param_groups:
-        g["lr"] = config.kl_lr * schedule * pi
-    kl_optimizer.step()
-    return distributed.full(kl).item()
 
 
 def log_record(model: nn.Module, state: LoopState, step: int, lr: float, seconds: float) -> dict[str, Any]:

@@ -33,6 +33,8 @@ EXPECTED_EXTRA = {
     "tfb": 4 * (RANK + 1),  # singular values and beta per module
     "ensemble": (K - 1) * LORA,
     "ivon": LORA,  # a posterior variance (IVON's Hessian entry) per LoRA weight
+    "blora_xs": 4 * (2 + 10) * RANK * RANK,  # SWAG's mean, second moment and K = 10 deviations per core
+    "blora_xs/laplace": 4 * 2 * RANK * RANK,  # KFAC's two r x r factors per core
     "scalabl/full": 4 * (2 * RANK + RANK * (RANK - 1) // 2),  # + the Cholesky factor's lower triangle
     "scalabl/layer-noise": 4 * 2 * RANK,
     "scalabl/adapter-noise": 4 * 2 * RANK,
@@ -46,6 +48,7 @@ VARIANTS = {
     "scalabl/adapter-noise": {"noise_sharing": "adapter"},
     "scalabl/eb-module": {"prior_fit": "module"},
     "scalabl/eb-model": {"prior_fit": "model"},
+    "blora_xs/laplace": {"xs_posterior": "laplace"},
 }
 
 
@@ -58,6 +61,7 @@ def method_config(name: str) -> MethodConfig:
         tfb_samples=2,
         tfb_search_steps=2,
         laplace_max_train=6,
+        swag_start=0.0,  # SWAG collects all three steps
     )
 
 
@@ -109,7 +113,10 @@ def test_samples_differ_only_for_stochastic_methods(fitted):
     samples = blora.predict(TEST, PredictConfig(n_samples=3, seed=0)).samples
     if name == "ensemble":
         assert samples.shape[0] == K and not torch.equal(samples[0], samples[1])
-    elif name == "laplace":  # the GLM predictive: one averaged distribution, not the MAP's
+    elif name in (
+        "laplace",
+        "blora_xs/laplace",
+    ):  # the GLM predictive: one averaged distribution, not the MAP's
         assert samples.shape[0] == 1
         assert not torch.allclose(samples[0], blora.predict_log_proba(TEST, n_samples=0))
     elif blora.method.bayesian:

@@ -10,7 +10,7 @@ from ivon import IVON
 
 from scalabl.api import BayesianLoRA
 from scalabl.methods import MethodConfig
-from scalabl.methods.ivon import sample_seed
+from scalabl.methods.base import sample_seed
 
 TRAIN = toy_examples(8)
 ESS = 1e4  # small, so that the samples are far enough from the mean to measure

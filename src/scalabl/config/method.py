@@ -14,6 +14,7 @@ from scalabl.choices import (
     NoiseMode,
     NoiseSharing,
     PriorFit,
+    XSPosterior,
 )
 from scalabl.config.fields import JSONConfig, coerce_choices, option, positive_ints
 
@@ -90,6 +91,15 @@ class MethodConfig(JSONConfig):
     ivon_beta2: float = option(0.99999, "ivon: rate of the Hessian's moving average")
     ivon_clip_radius: float = option(1e-3, "ivon: bound on each coordinate of the preconditioned step")
     ivon_train_samples: int = option(1, "ivon: weight samples per training step (their gradients averaged)")
+    xs_posterior: XSPosterior = option(
+        XSPosterior.SWAG,
+        "blora_xs: swag = SWAG's diagonal + low-rank Gaussian (the paper); laplace = laplace-torch",
+    )
+    swag_rank: int = option(10, "blora_xs: columns K of SWAG's deviation matrix (its low-rank part)")
+    swag_start: float = option(
+        0.5, "blora_xs: fraction of the steps after which SWAG collects, at the learning rate held from there"
+    )
+    swag_every: int = option(1, "blora_xs: steps between SWAG's collected iterates")
     temperature: bool = option(False, "fit a temperature on the validation split after training (any method)")
 
     def __post_init__(self) -> None:
@@ -119,7 +129,11 @@ class MethodConfig(JSONConfig):
             "tfb_search_steps",
             "laplace_max_train",
             "ivon_train_samples",
+            "swag_rank",
+            "swag_every",
         )
+        if not 0.0 <= self.swag_start < 1.0:
+            raise ValueError(f"swag_start: must be in [0, 1), got {self.swag_start!r}")
         for name in ("ivon_lr", "ivon_ess", "ivon_hess_init", "ivon_clip_radius"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}: must be > 0, got {getattr(self, name)!r}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from scalabl.config import MethodConfig
 from scalabl.methods.base import Method
 from scalabl.methods.blob import BLoB
+from scalabl.methods.blora_xs import BLoRAXS
 from scalabl.methods.ensemble import Ensemble
 from scalabl.methods.ivon import IVONLoRA
 from scalabl.methods.laplace import LaplaceLoRA
@@ -17,7 +18,8 @@ from scalabl.methods.tfb import TFB
 
 # in the order of scalabl.choices.MethodName (a test holds the two together)
 METHODS: dict[str, type[Method]] = {
-    m.name: m for m in (MLE, ScalaBL, MAP, MCDropout, Ensemble, BLoB, TFB, LaplaceLoRA, Temperature, IVONLoRA)
+    m.name: m
+    for m in (MLE, ScalaBL, MAP, MCDropout, Ensemble, BLoB, TFB, LaplaceLoRA, Temperature, IVONLoRA, BLoRAXS)
 }
 
 

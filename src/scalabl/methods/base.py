@@ -22,15 +22,38 @@ from scalabl.bayesian import bayesian_modules, clear_noise, draw_noise, lora_lay
 from scalabl.config import MethodConfig, PredictConfig, TrainConfig
 from scalabl.distributed import full
 from scalabl.examples import Example
+from scalabl.optimisation import TrainingHooks
 from scalabl.predict import predict_samples, set_question_noise
 from scalabl.scoring import Scorer
-from scalabl.train import MakeOptimizer, fit
+from scalabl.train import fit
 
 
 def reject_subset(method: str, sample_modules: str) -> None:
     """For methods whose samples are not module noise (members, a Laplace predictive)."""
     if sample_modules != "all":
         raise ValueError(f"sample_modules={sample_modules!r}: {method} samples whole models; use 'all'")
+
+
+def sample_seed(seed: int, k: int) -> int:
+    """The seed of whole-network posterior sample ``k`` under ``seed`` (IVON, SWAG): sample k is the
+    same network for every batch."""
+    return (seed * 1_000_003 + k) % 2**63
+
+
+def whole_network_samples(
+    method: Method, model: nn.Module, scorer: Scorer, examples: Sequence[Example], config: PredictConfig
+) -> torch.Tensor:
+    """``[S, N, C]`` for a method whose samples are whole networks (IVON, SWAG): one deterministic
+    pass per sample k, held by ``method.posterior_sample(k)``; S = 0: the mean's one pass."""
+    reject_subset(method.name, config.sample_modules)
+    one_pass = replace(config, n_samples=0)
+    if config.n_samples == 0:
+        return predict_samples(model, scorer, examples, one_pass)
+    out = []
+    for k in range(config.n_samples):
+        with method.posterior_sample(model, k, (), config.seed, torch.Generator()):
+            out.append(predict_samples(model, scorer, examples, one_pass)[0])
+    return torch.stack(out)
 
 
 class Method(ABC):
@@ -131,10 +154,10 @@ class Method(ABC):
         """A negative log prior added to the training loss as ``penalty() / N_train`` (MAP); None = none."""
         return None
 
-    def optimiser(self, config: TrainConfig) -> tuple[MakeOptimizer | None, int]:
-        """The optimiser the loop uses instead of AdamW, and how many weight samples each step's
-        gradient averages (an optimiser that samples the weights: IVON); ``(None, 0)``: AdamW."""
-        return None, 0
+    def training_hooks(self, model: nn.Module, config: TrainConfig) -> TrainingHooks:
+        """What this method changes in the shared loop (IVON's optimiser, SWAG's collection); the
+        default changes nothing."""
+        return TrainingHooks()
 
     def fit(
         self,
@@ -150,20 +173,19 @@ class Method(ABC):
         validation: Sequence[Example] = (),
     ) -> list[dict[str, Any]]:
         """Train the adapter with the shared loop (checkpointed into ``checkpoint_dir``); returns its history."""
-        make_optimizer, weight_samples = self.optimiser(config)
+        config = self.train_config(config)
         return fit(
             model,
             scorer,
             train,
-            self.train_config(config),
+            config,
             penalty=self.penalty(model),
             checkpoint_dir=checkpoint_dir,
             resume=resume,
             progress=progress,
             on_log=on_log,
             validation=validation,
-            make_optimizer=make_optimizer,
-            weight_samples=weight_samples,
+            hooks=self.training_hooks(model, config),
         )
 
     # ---- 3. post hoc ------------------------------------------------------------------------------

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -33,17 +32,11 @@ from torch import nn
 from scalabl import distributed
 from scalabl.config import PredictConfig, TrainConfig
 from scalabl.examples import Example
-from scalabl.methods.base import Method, reject_subset
-from scalabl.predict import predict_samples
+from scalabl.methods.base import Method, sample_seed, whole_network_samples
+from scalabl.optimisation import TrainingHooks
 from scalabl.scoring import Scorer
-from scalabl.train import MakeOptimizer
 
 PREFIX = "ivon."
-
-
-def sample_seed(seed: int, k: int) -> int:
-    """The global-RNG seed of posterior sample ``k``: the same network for every batch."""
-    return (seed * 1_000_003 + k) % 2**63
 
 
 class IVONLoRA(Method):
@@ -60,7 +53,7 @@ class IVONLoRA(Method):
         self.weight_decay = 0.0  # the prior precision delta the posterior was trained with
 
     # ---- train -------------------------------------------------------------------------------------
-    def optimiser(self, config: TrainConfig) -> tuple[MakeOptimizer | None, int]:
+    def training_hooks(self, model: nn.Module, config: TrainConfig) -> TrainingHooks:
         if distributed.world() > 1:
             raise ValueError("ivon: one process only (its weight samples are drawn per process)")
 
@@ -69,7 +62,7 @@ class IVONLoRA(Method):
             self.optimizer = self._ivon([p for g in groups for p in g["params"]], config.weight_decay)
             return self.optimizer
 
-        return make, self.config.ivon_train_samples
+        return TrainingHooks(make_optimizer=make, weight_samples=self.config.ivon_train_samples)
 
     def _ivon(self, params: list[nn.Parameter], weight_decay: float) -> torch.optim.Optimizer:
         from scalabl.methods.ivon_optimizer import ResumableIVON  # the optional extra
@@ -104,15 +97,7 @@ class IVONLoRA(Method):
         self, model: nn.Module, scorer: Scorer, examples: Sequence[Example], config: PredictConfig
     ) -> torch.Tensor:
         """One deterministic pass per weight sample: ``[S, N, C]`` (S = 0: the mean)."""
-        reject_subset(self.name, config.sample_modules)
-        one_pass = replace(config, n_samples=0)
-        if config.n_samples == 0:
-            return predict_samples(model, scorer, examples, one_pass)
-        out = []
-        for k in range(config.n_samples):
-            with self.posterior_sample(model, k, (), config.seed, torch.Generator()):
-                out.append(predict_samples(model, scorer, examples, one_pass)[0])
-        return torch.stack(out)
+        return whole_network_samples(self, model, scorer, examples, config)
 
     @contextmanager
     def posterior_sample(
