@@ -86,3 +86,19 @@ def test_plot_posterior_modules_writes_png_and_needs_module_stats(tmp_path):
     with pytest.raises(ValueError, match="per-module"):
         plot_posterior_modules([{"step": 1, "nll": 1.0}], tmp_path / "none.png")
     assert not (tmp_path / "none.png").exists()
+
+
+def test_active_curves_draw_runs_and_seed_bands(tmp_path):
+    from scalabl.plots import plot_active_curves
+
+    def run(acc):
+        return [
+            {"n_labels": n, "metrics": {"acc": a, "nll": 1.0 - a}}
+            for n, a in zip((4, 8, 12), acc, strict=True)
+        ]
+
+    path = tmp_path / "curve.png"
+    plot_active_curves(
+        {"bald": [run((0.3, 0.4, 0.5)), run((0.35, 0.45, 0.5))], "random": run((0.3, 0.3, 0.4))}, path
+    )
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

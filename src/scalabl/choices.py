@@ -84,6 +84,22 @@ class XSPosterior(Choice):
     LAPLACE = "laplace"  # laplace-torch's Laplace approximation around the trained cores
 
 
+class Acquisition(Choice):
+    """How ``scalabl active`` picks the next questions to label from the pool."""
+
+    BALD = "bald"  # mutual information between the answer and the posterior sample (Houlsby et al. 2011)
+    ENTROPY = "entropy"  # entropy of the model average
+    LEAST_CONFIDENCE = "least_confidence"  # 1 - the model average's largest probability
+    RANDOM = "random"  # uniformly, seeded
+
+
+class Start(Choice):
+    """Where each active-learning round's training starts."""
+
+    COLD = "cold"  # a fresh adapter (the run's seed), trained on all the labels so far
+    WARM = "warm"  # the previous round's adapter, trained on; its optimiser starts anew
+
+
 class KLDirection(Choice):
     CORRECT = "correct"  # KL(q || p), the ELBO's term
     REFERENCE = "reference"  # KL(p || q), as the paper's code computes it

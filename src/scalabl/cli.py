@@ -1,5 +1,5 @@
 """The command line: ``scalabl train | evaluate | predict | generate | serve | calibrate-decisions |
-bench | plan | export | methods | demo``.
+active | bench | plan | export | methods | demo``.
 
 Each command's options are the fields of the config dataclasses (:mod:`scalabl.config`), turned into
 flags by :mod:`scalabl.config.flags`. The parser needs no torch: heavy modules are imported by the
@@ -14,33 +14,19 @@ import logging
 import sys
 import time
 import warnings
-from dataclasses import replace
 from pathlib import Path
 
 from scalabl.choices import Backend
+from scalabl.cli_active import add_active_command
 from scalabl.cli_serving import add_serving_commands
 from scalabl.config import MethodConfig, RunConfig, TrainConfig
 from scalabl.config.backend import BackendConfig
-from scalabl.config.flags import add_options, dest, given, given_flags
+from scalabl.config.flags import add_options, dest, given, given_flags, run_config
 from scalabl.config.generate import GenerateConfig
 from scalabl.plan import PlanConfig, plan_for
 
 EVALUATE_OPTIONS = ("n_samples", "max_test", "ood", "sample_modules")
 OVERWRITE_HELP = "write into a folder that already holds files: replace only the files this command writes"
-
-
-def run_config(args: argparse.Namespace) -> RunConfig:
-    """The run's config: ``--config`` (or the defaults), with the flags given on top."""
-    base = RunConfig()
-    if args.config is not None:
-        try:
-            base = RunConfig.from_dict(json.loads(args.config.read_text()))
-        except (OSError, json.JSONDecodeError) as err:
-            raise SystemExit(f"error: --config {args.config}: {err}") from err
-    method = replace(base.method, **given(args, MethodConfig))
-    train = replace(base.train, **given(args, TrainConfig))
-    generate = replace(base.generate, **given(args, GenerateConfig))
-    return replace(base, **given(args, RunConfig), method=method, train=train, generate=generate)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -287,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     add_serving_commands(sub)
+    add_active_command(sub)
 
     _bench_parser(sub)
 

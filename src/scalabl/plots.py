@@ -21,7 +21,13 @@ from scalabl.io import atomic_path
 from scalabl.metrics import expected_calibration_error, reliability_bins, risk_coverage
 from scalabl.rejection import prediction_rejection_ratio, rejection_curve
 
-__all__ = ["plot_posterior_modules", "plot_reliability", "plot_risk_coverage", "plot_training_curves"]
+__all__ = [
+    "plot_active_curves",
+    "plot_posterior_modules",
+    "plot_reliability",
+    "plot_risk_coverage",
+    "plot_training_curves",
+]
 
 
 def _save_png(fig: Figure, path: str | os.PathLike) -> None:
@@ -230,4 +236,33 @@ def plot_rejection_curves(
     ax.legend(fontsize=7)
     if title:
         ax.set_title(title)
+    _save_png(fig, path)
+
+
+def plot_active_curves(
+    curves: Mapping[str, Sequence[Mapping[str, Any]]], path: str | os.PathLike, title: str | None = None
+) -> None:
+    """Test accuracy and NLL against the number of labels, one line per named active-learning run
+    (its round records: ``n_labels`` and ``metrics``); a band of +-1 std where a name has several
+    runs (``curves[name]`` a list of record lists, e.g. seeds)."""
+    fig = Figure(figsize=(10, 4))
+    axes = fig.subplots(1, 2)
+    for name, runs in curves.items():
+        runs = [runs] if runs and isinstance(runs[0], Mapping) else list(runs)
+        labels = [rec["n_labels"] for rec in runs[0]]
+        for ax, key in zip(axes, ("acc", "nll"), strict=True):
+            values = np.array([[rec["metrics"][key] for rec in run] for run in runs])
+            mean = values.mean(0)
+            (line,) = ax.plot(labels, mean, marker="o", label=name)
+            if len(runs) > 1:
+                std = values.std(0)
+                ax.fill_between(labels, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+    for ax, ylabel in zip(axes, ("test accuracy", "test NLL"), strict=True):
+        ax.set_xlabel("labelled questions")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
     _save_png(fig, path)

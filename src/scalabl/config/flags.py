@@ -10,8 +10,9 @@ defaults to None on the parser, so :func:`given` tells what the user set, which 
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Iterable
-from dataclasses import MISSING, Field, fields
+from dataclasses import MISSING, Field, fields, replace
 from typing import Any
 
 from scalabl.config.fields import choice_type, field_types, unwrap_optional
@@ -110,3 +111,20 @@ def given_flags(args: argparse.Namespace, *classes: type) -> list[str]:
         for f in options(cls)
         if getattr(args, dest(cls, f.name), None) is not None
     ]
+
+
+def run_config(args: argparse.Namespace) -> Any:
+    """The run's config: ``--config`` (or the defaults), with the flags given on top."""
+    from scalabl.config import MethodConfig, RunConfig, TrainConfig
+    from scalabl.config.generate import GenerateConfig
+
+    base = RunConfig()
+    if args.config is not None:
+        try:
+            base = RunConfig.from_dict(json.loads(args.config.read_text()))
+        except (OSError, json.JSONDecodeError) as err:
+            raise SystemExit(f"error: --config {args.config}: {err}") from err
+    method = replace(base.method, **given(args, MethodConfig))
+    train = replace(base.train, **given(args, TrainConfig))
+    generate = replace(base.generate, **given(args, GenerateConfig))
+    return replace(base, **given(args, RunConfig), method=method, train=train, generate=generate)
