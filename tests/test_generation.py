@@ -82,7 +82,7 @@ def test_the_greedy_answer_and_its_likelihood_match_a_plain_decoding():
     assert timing.answer > 0 and timing.samples < timing.answer  # no samples to write
 
 
-@pytest.mark.parametrize("method", ["scalabl", "blob", "mcdropout", "ensemble"])
+@pytest.mark.parametrize("method", ["scalabl", "blob", "mcdropout", "ensemble", "ivon", "blora_xs"])
 def test_one_answer_per_posterior_sample_scored_under_every_sample(method):
     blora = _blora(method)
     got = generate_answers(blora, QUESTIONS, _config())
@@ -105,7 +105,7 @@ def test_one_answer_per_posterior_sample_scored_under_every_sample(method):
     assert [g.samples for g in again] == [g.samples for g in got]  # seeded
 
 
-@pytest.mark.parametrize("method", ["scalabl", "ensemble"])
+@pytest.mark.parametrize("method", ["scalabl", "ensemble", "ivon"])
 def test_answers_do_not_depend_on_the_batch(method):
     blora = _blora(method)
     whole = generate_answers(blora, QUESTIONS, _config(batch_size=3))

@@ -136,11 +136,13 @@ class RunConfig(JSONConfig):
 
     def _check_open_qa(self) -> None:
         """What a run on an open QA task cannot do (its answers are generated, not chosen)."""
-        if self.method.method in POST_HOC_METHODS or self.method.temperature:
+        xs_laplace = self.method.method == MethodName.BLORA_XS and self.method.xs_posterior == "laplace"
+        if self.method.method in POST_HOC_METHODS or self.method.temperature or xs_laplace:
             raise ValueError(
                 f"task {self.task!r}: open QA runs train their adapter end to end; "
-                f"{self.method.method.value}{' with --temperature' if self.method.temperature else ''} "
-                "fits on choices (allowed: mle, map, scalabl, mcdropout, ensemble, blob)"
+                f"{self.method.method.value}{' with --temperature' if self.method.temperature else ''}"
+                f"{' with --xs-posterior laplace' if xs_laplace else ''} fits on choices (allowed: mle, "
+                "map, scalabl, mcdropout, ensemble, blob, ivon, blora_xs with swag)"
             )
         if self.ood:
             raise ValueError(f"task {self.task!r}: --ood is for multiple-choice tasks")
