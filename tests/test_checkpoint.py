@@ -33,6 +33,8 @@ CASES = {
     "mcdropout": ({"method": "mcdropout"}, {}),
     # IVON: its Hessian, momentum and step count, and the global RNG it samples weights from
     "ivon": ({"method": "ivon", "ivon_lr": 0.5, "ivon_train_samples": 2}, {}),
+    # SWAG: its moments (adapter buffers) collected from step 3 on, at the learning rate held there
+    "blora_xs": ({"method": "blora_xs", "swag_start": 0.3, "swag_rank": 2}, {}),
 }
 
 
