@@ -5,6 +5,7 @@ on the batch they were generated in."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -121,3 +122,40 @@ def test_sampled_decoding_gives_a_deterministic_model_samples_of_its_own():
     for g in got:
         assert len(g.samples) == 3 and g.loglik.shape == (1, len(g.texts))
     assert len({s for g in got for s in g.samples}) > 1
+
+
+@pytest.mark.parametrize("method", ["mle", "scalabl", "ensemble", "ivon", "blob", "mcdropout"])
+def test_scoring_from_the_decodings_prompt_cache_gives_the_same_likelihoods(method, monkeypatch):
+    from scalabl.generation import reuses_prompts
+    from scalabl.scoring import Scorer
+
+    passes = {"n": 0}
+    run_prompts = Scorer._prompt_pass
+
+    def counted(self, *args, **kwargs):
+        passes["n"] += 1
+        return run_prompts(self, *args, **kwargs)
+
+    monkeypatch.setattr(Scorer, "_prompt_pass", counted)
+    blora = _blora(method)
+    reused = generate_answers(blora, QUESTIONS, _config(), reuse_prompts=True)
+    # the scoring ran no prompt of its own where the decodings' caches serve it
+    assert (passes["n"] == 0) == reuses_prompts(blora)
+    again = generate_answers(blora, QUESTIONS, _config(), reuse_prompts=False)
+    assert passes["n"] > 0
+    for a, b in zip(reused, again, strict=True):
+        assert (a.answer, a.samples, a.texts) == (b.answer, b.samples, b.texts)
+        np.testing.assert_allclose(a.loglik, b.loglik, atol=1e-4, rtol=0)
+        assert a.answer_loglik_single == pytest.approx(b.answer_loglik_single, abs=1e-4)
+
+
+def test_prompt_reuse_is_for_samples_that_stay_one_model():
+    from scalabl.generation import reuses_prompts
+
+    assert (
+        reuses_prompts(_blora("scalabl"))
+        and reuses_prompts(_blora("ensemble"))
+        and reuses_prompts(_blora("ivon"))
+    )
+    assert not reuses_prompts(_blora("mcdropout"))  # masks drawn anew in each forward
+    assert not reuses_prompts(_blora("blob"))  # flipout noise drawn per forward from the generator

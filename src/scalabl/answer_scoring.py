@@ -16,7 +16,8 @@ checkpointing's cache-free path) serves answers unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -42,6 +43,17 @@ def answer_prompt(example: QAExample) -> str:
     return continuation_prompt(example)  # reads only .context and .question
 
 
+@dataclass
+class PromptPass:
+    """A batch's prompts already run (by the decoding that answered them): the left-padded prompts,
+    the log-probs at their last position ``[B, V]``, the attention mask and the KV cache over them."""
+
+    prompts: list[list[int]]
+    last: torch.Tensor
+    mask: torch.Tensor
+    cache: object
+
+
 class AnswerScorer(Scorer):
     """Summed log-likelihood ``[B, U_max]`` of each row's answers (``-inf`` past a row's own): a
     :class:`QAExample`'s first reference (its training target, U = 1) or a :class:`ScoredAnswers`'
@@ -65,6 +77,27 @@ class AnswerScorer(Scorer):
             truncation=truncation,
             reuse_prompt=reuse_prompt,
         )
+
+    prefilled: PromptPass | None = None
+
+    @contextmanager
+    def prompts_run(self, state: PromptPass | None) -> Iterator[None]:
+        """Score the next batch from ``state`` (its prompts as the decoding ran them, under the same
+        model) instead of running the prompts again; None: run them."""
+        self.prefilled = state
+        try:
+            yield
+        finally:
+            self.prefilled = None
+
+    def _prompt_pass(self, model, encoded, device, use_cache, branch):  # type: ignore[override]
+        state = self.prefilled
+        if state is None or branch is not None:
+            return super()._prompt_pass(model, encoded, device, use_cache, branch)
+        if [e.prompt for e in encoded] != state.prompts:
+            raise ValueError("prompts_run: the batch's prompts are not the ones the state holds")
+        self.prefilled = None  # the cache is re-indexed in place: it serves one scoring
+        return state.last.to(device), state.mask.to(device), state.cache
 
     def prompt_ids(self, example: QAExample) -> list[int]:
         """The prompt's token ids, before any truncation (:meth:`fit_prompt`)."""

@@ -14,7 +14,11 @@ For a batch of questions (:func:`generate_answers`):
    and the answer's log-likelihood under the posterior mean (the single-model score).
 
 Decoding runs transformers' ``generate`` (KV cache, stop string ``"\\n"``, left-padded batches).
-The uncertainty scores computed from these are :mod:`scalabl.uncertainty`'s.
+Where a sample is one fixed model across forwards (no dropout, noise seeded per question, members,
+IVON's and SWAG's networks), the scoring under sample k starts from the KV cache of the prompts
+that the decoding under sample k ran (cropped to the prompts) instead of running them again:
+the same numbers up to float rounding, and about half the scoring's cost. The uncertainty scores
+computed from these are :mod:`scalabl.uncertainty`'s.
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+from transformers.cache_utils import DynamicLayer
 
-from scalabl.answer_scoring import STOP, AnswerScorer, ScoredAnswers
+from scalabl.answer_scoring import STOP, AnswerScorer, PromptPass, ScoredAnswers
 from scalabl.bayesian import bayesian_modules, sampling
 from scalabl.choices import Decoding
 from scalabl.config.generate import GenerateConfig
@@ -92,9 +97,16 @@ def _cut(text: str) -> str:
 
 @torch.no_grad()
 def _decode(
-    model, tokenizer, scorer: AnswerScorer, batch: Sequence[QAExample], config: GenerateConfig, seed: int
-):
-    """One answer per question under whatever sample the model holds now."""
+    model,
+    tokenizer,
+    scorer: AnswerScorer,
+    batch: Sequence[QAExample],
+    config: GenerateConfig,
+    seed: int,
+    keep_prompts: bool = False,
+) -> tuple[list[str], PromptPass | None]:
+    """One answer per question under whatever sample the model holds now; with ``keep_prompts``,
+    also the prompts' pass (their KV cache cropped to them), for scoring under the same sample."""
     prompts = [scorer.fit_prompt(scorer.prompt_ids(q), config.max_new_tokens, q.id) for q in batch]
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), scorer.pad_id, dtype=torch.long)
@@ -118,18 +130,42 @@ def _decode(
             stop_strings=[STOP],
             tokenizer=tokenizer,
             pad_token_id=scorer.pad_id,
+            return_dict_in_generate=True,
+            output_logits=keep_prompts,
             **options,
         )
-    new = out[:, width:].cpu()
-    return [_cut(tokenizer.decode(row, skip_special_tokens=True)) for row in new]
+    new = out.sequences[:, width:].cpu()
+    answers = [_cut(tokenizer.decode(row, skip_special_tokens=True)) for row in new]
+    cache = getattr(out, "past_key_values", None)
+    # plain full-attention layers only: a sliding window may have dropped prompt states for good
+    if not keep_prompts or not all(type(layer) is DynamicLayer for layer in getattr(cache, "layers", [None])):
+        return answers, None
+    extra = cache.get_seq_length() - width
+    if extra:
+        cache.crop(-extra)  # the prompts only: the answers' tokens are dropped
+    last = torch.log_softmax(out.logits[0].float(), dim=-1)  # the first answer token's distribution
+    return answers, PromptPass(prompts, last, mask.to(device), cache)
 
 
-def _score(model, scorer: AnswerScorer, rows: list[ScoredAnswers], sampled: bool) -> torch.Tensor:
-    """Summed log-likelihood ``[B, U_max]`` of each question's answers (one pass over its prompt);
-    when ``sampled``, under the noise row the caller set for each question."""
-    if sampled:
-        return scorer.class_logits(model, rows, sample=True, noise_set=True).double().cpu()
-    return scorer.class_logits(model, rows, sample=False).double().cpu()
+def reuses_prompts(blora) -> bool:
+    """Whether a sample is one fixed model across forwards, so its decoding's prompt cache serves its
+    scoring: no dropout, and noise (if any) set per question rather than drawn per forward."""
+    modules = bayesian_modules(blora.model)
+    return blora.method.dropout == 0 and all(m.stackable for m in modules)
+
+
+def _score(
+    model, scorer: AnswerScorer, rows: list[ScoredAnswers], sampled: bool, state: PromptPass | None
+) -> torch.Tensor:
+    """Summed log-likelihood ``[B, U_max]`` of each question's answers (one pass over its prompt, or
+    none with the decoding's ``state``); when ``sampled``, under the noise row the caller set for
+    each question."""
+    if state is not None and [scorer.encode(r).prompt for r in rows] != state.prompts:
+        state = None  # a prompt cut to make room for a longer answer: run the prompts again
+    with scorer.prompts_run(state):
+        if sampled:
+            return scorer.class_logits(model, rows, sample=True, noise_set=True).double().cpu()
+        return scorer.class_logits(model, rows, sample=False).double().cpu()
 
 
 def generate_answers(
@@ -140,17 +176,20 @@ def generate_answers(
     *,
     progress: bool = False,
     offset: int = 0,
+    reuse_prompts: bool = True,
 ) -> list[Generated]:
     """The answers of ``examples`` (see the module docstring), in their order (batched by prompt
     length); ``timing`` (if given) adds up the seconds of the greedy answers, of the S sampled ones
     and of the scoring. ``offset``: where ``examples`` begin in a longer list answered in parts
-    (sampled decoding and MC dropout's masks are seeded by the batch's position)."""
+    (sampled decoding and MC dropout's masks are seeded by the batch's position). ``reuse_prompts``
+    False runs every scoring's prompts again (the module docstring says when they are reused)."""
     model, method = blora.model, blora.method
     scorer = blora.answer_scorer()
     timing = timing if timing is not None else Timing()
     k_models = method.samples_for(config.n_samples)  # 0: a deterministic model, no posterior
     n_answers = k_models or (config.n_samples if config.decoding == Decoding.SAMPLE else 0)
     noise = bool(bayesian_modules(model))  # a posterior sample is module noise (else: an ensemble member)
+    keep = reuse_prompts and reuses_prompts(blora)
     was_training = model.training
     model.eval()
     # batches of similar prompt lengths: a batch is padded to its longest prompt, and prompts with
@@ -173,29 +212,35 @@ def generate_answers(
 
         t0 = time.perf_counter()
         with sampling(model, False):  # the posterior mean (an ensemble: its first member)
-            greedy = _decode(
-                model, blora.tokenizer, scorer, batch, replace(config, decoding=Decoding.GREEDY), 0
+            greedy, mean_state = _decode(
+                model, blora.tokenizer, scorer, batch, replace(config, decoding=Decoding.GREEDY), 0, keep
             )
         t1 = time.perf_counter()
-        samples = []
+        samples, states = [], []
         for k in range(n_answers):
             with held(k):
-                samples.append(
-                    _decode(
-                        model, blora.tokenizer, scorer, batch, config, config.seed + 7919 * k + offset + start
-                    )
+                answers_k, state_k = _decode(
+                    model,
+                    blora.tokenizer,
+                    scorer,
+                    batch,
+                    config,
+                    config.seed + 7919 * k + offset + start,
+                    keep and k < k_models,  # a sampled decoding of a deterministic model scores nothing
                 )
+            samples.append(answers_k)
+            states.append(state_k)
         t2 = time.perf_counter()
         per_question = [[s[i] for s in samples] for i in range(len(batch))]
         answers = greedy if method.has_mean else [majority(a) for a in per_question]
         texts = [list(dict.fromkeys([answers[i], *per_question[i]])) for i in range(len(batch))]
         rows = [ScoredAnswers(q, tuple(ts)) for q, ts in zip(batch, texts, strict=True)]
         with torch.no_grad():
-            single = _score(model, scorer, rows, sampled=False)
+            single = _score(model, scorer, rows, False, mean_state)
             scored = []
             for k in range(k_models):
                 with held(k):
-                    scored.append(_score(model, scorer, rows, sampled=noise))
+                    scored.append(_score(model, scorer, rows, noise, states[k] if k < len(states) else None))
         loglik = torch.stack(scored or [single])  # [K, B, U_max]; a deterministic model is its own average
         tokens = scorer.answer_tokens(rows)
         t3 = time.perf_counter()
