@@ -153,3 +153,10 @@ def test_bad_swag_settings_are_named():
         MethodConfig(method="blora_xs", swag_start=1.0)
     with pytest.raises(ValueError, match="swag_rank"):
         MethodConfig(method="blora_xs", swag_rank=0)
+
+
+def test_the_held_rate_is_never_a_warm_up_rate():
+    blora = xs(swag_start=0.0)
+    history = blora.fit(TRAIN, steps=10, batch_size=4, lr=1e-2, warmup_ratio=0.3, log_every=1, progress=False)
+    lrs = [r["lr"] for r in history]
+    assert lrs[3:] == [lrs[3]] * 7 and lrs[3] == pytest.approx(1e-2)  # held where the warm-up ends

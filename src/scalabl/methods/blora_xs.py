@@ -151,7 +151,9 @@ class BLoRAXS(Method):
                 for core in cores:
                     core.collect()
 
-        return TrainingHooks(hold_lr_from=start, after_step=collect)
+        # held from the collection's start, but never inside the warm-up (a rate of 0 there)
+        warmup = round(config.warmup_ratio * config.steps)
+        return TrainingHooks(hold_lr_from=max(start, warmup), after_step=collect)
 
     def post_fit(
         self,
