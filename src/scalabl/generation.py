@@ -136,7 +136,7 @@ def _decode(
         )
     new = out.sequences[:, width:].cpu()
     answers = [_cut(tokenizer.decode(row, skip_special_tokens=True)) for row in new]
-    cache = getattr(out, "past_key_values", None)
+    cache = out.cache if getattr(out, "cache", None) is not None else getattr(out, "past_key_values", None)
     # plain full-attention layers only: a sliding window may have dropped prompt states for good
     if not keep_prompts or not all(type(layer) is DynamicLayer for layer in getattr(cache, "layers", [None])):
         return answers, None
