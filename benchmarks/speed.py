@@ -69,6 +69,7 @@ from speed_measure import (
 )
 from speed_render import render
 
+from scalabl.bayesian import lora_layers
 from scalabl.config import MethodConfig, TrainConfig
 from scalabl.data import load_splits
 from scalabl.io import write_json, write_text
@@ -183,6 +184,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for a, b in PAIRS
         },
     }
+    targets = sorted({name.split(".")[-1] for name, _ in lora_layers(loops["mle"].model)})
     loops.clear()
     gc.unfreeze()
     gc.collect()
@@ -253,7 +255,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "model": "tiny random Llama (scalabl.testing)" if args.quick else EMBEDDED_MODEL,
             "task": TASK,
             "rank": MethodConfig().rank,
-            "target_modules": list(MethodConfig().target_modules),
+            "target_modules": targets,
             "scoring": "continuation",
             "train_batch": [e.id for e in batch],
             "train_batch_tokens": tokens,

@@ -31,12 +31,29 @@ from scalabl.testing import make_byte_tokenizer, make_tiny_llama
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK = "arc_easy"
-METHODS = ("mle", "scalabl", "blob")
-PAIRS = (("scalabl", "mle"), ("blob", "mle"))
+# label -> the method's options: plain LoRA, the paper's ScalaBL, BLoB, ScalaBL's variants (issue 20) and
+# the 2025-26 peers (issue 23, IVON at the regime suite's rate)
+METHOD_OPTIONS: dict[str, dict[str, Any]] = {
+    "mle": {"method": "mle"},
+    "scalabl": {"method": "scalabl"},
+    "blob": {"method": "blob"},
+    "scalabl-full": {"method": "scalabl", "covariance": "full"},
+    "scalabl-shared": {"method": "scalabl", "noise_sharing": "adapter"},
+    "scalabl-eb": {"method": "scalabl", "prior_fit": "model"},
+    "ivon": {"method": "ivon", "ivon_lr": 2.0},
+    "blora_xs": {"method": "blora_xs"},
+}
+METHODS = tuple(METHOD_OPTIONS)
+PAIRS = tuple((m, "mle") for m in METHODS if m != "mle")
 STEP_TARGET = 1.05  # issue 6: ScalaBL / LoRA training step time
 N_SAMPLES = 10
 LM_HEAD_TARGETS = ("q_proj", "v_proj", "lm_head")
 MB = 2**20
+
+
+def method_config(label: str, **fields: Any) -> MethodConfig:
+    """The MethodConfig a label of :data:`METHODS` stands for."""
+    return MethodConfig(**METHOD_OPTIONS[label], **fields)
 
 
 # ---- models ------------------------------------------------------------------------------------------
@@ -53,11 +70,7 @@ def base_model(quick: bool) -> tuple[nn.Module, Any]:
 def wrapped(method: str, quick: bool, *, targets: tuple[str, ...] | None = None, seed: int = 0):
     """(peft model with the method's adapter, tokenizer), rank 8, default or given targets."""
     model, tokenizer = base_model(quick)
-    config = (
-        MethodConfig(method=method)
-        if targets is None
-        else MethodConfig(method=method, target_modules=targets)
-    )
+    config = method_config(method) if targets is None else method_config(method, target_modules=targets)
     torch.manual_seed(seed)
     return get_method(config).wrap(model), tokenizer
 
@@ -85,7 +98,7 @@ class Lockstep:
         self.threads: int | None = None
         self._t0 = self._c0 = 0.0
         config = TrainConfig(steps=steps, batch_size=len(train), log_every=1)
-        self._fit = lambda: get_method(MethodConfig(method=method)).fit(
+        self._fit = lambda: get_method(method_config(method)).fit(
             model, scorer, list(train), config, progress=False, on_log=self._on_log
         )
         self._thread = threading.Thread(target=self._run, name=f"fit-{method}", daemon=True)
@@ -148,9 +161,7 @@ def profiled_fit(
             current.append(prof)
 
     config = TrainConfig(steps=profiled + 1, batch_size=len(train), log_every=1)
-    get_method(MethodConfig(method=method)).fit(
-        model, scorer, list(train), config, progress=False, on_log=on_log
-    )
+    get_method(method_config(method)).fit(model, scorer, list(train), config, progress=False, on_log=on_log)
     return peaks
 
 
@@ -269,7 +280,7 @@ def rss_child(method: str, args: argparse.Namespace) -> dict[str, Any]:
     except OSError:
         reset = False
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # plan_check's "before"
-    get_method(MethodConfig(method=method)).fit(model, scorer, list(batch), config, progress=False)
+    get_method(method_config(method)).fit(model, scorer, list(batch), config, progress=False)
     peak = _peak_rss_bytes()
     return {"method": method, "before": before, "peak": peak, "step": peak - before, "peak_reset": reset}
 
