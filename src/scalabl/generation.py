@@ -17,7 +17,8 @@ Decoding runs transformers' ``generate`` (KV cache, stop string ``"\\n"``, left-
 Where a sample is one fixed model across forwards (no dropout, noise seeded per question, members,
 IVON's and SWAG's networks), the scoring under sample k starts from the KV cache of the prompts
 that the decoding under sample k ran (cropped to the prompts) instead of running them again:
-the same numbers up to float rounding, and about half the scoring's cost. The uncertainty scores
+the same numbers up to float rounding, at a fraction of the scoring's cost
+(benchmarks/results/generation_reuse.md). The uncertainty scores
 computed from these are :mod:`scalabl.uncertainty`'s.
 """
 
