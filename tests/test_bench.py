@@ -403,3 +403,24 @@ def test_methods_option_runs_only_those_groups(bench, tmp_path, capsys):
     assert ran == {("mle", "arc_easy", 0), ("temperature", "arc_easy", 0)}  # the group: its post-hoc cell too
     with pytest.raises(ValueError, match=r"'temperature' is not a trained method of the grid"):
         run_bench(config, progress=False, methods=["temperature"])
+
+
+def test_the_2025_peers_run_as_bench_cells(tmp_path, monkeypatch):
+    """ivon and blora_xs in a grid (the regime suite has them), with a temperature on top of one."""
+    model_dir = save_tiny_model(tmp_path / "tiny")
+    methods = {
+        "ivon": {"method": {"method": "ivon", "ivon_lr": 0.5}},
+        "blora_xs": {},
+        "blora_xs+T": {"from": "blora_xs", "method": {"method": "blora_xs", "temperature": True}},
+    }
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(tiny_bench(tmp_path / "out", model_dir, methods, seeds=(0,))))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["bench", str(path), "--quiet"]) == 0
+    results = collect(BenchConfig.from_file(path))
+    for label in methods:
+        assert 0 <= results[label]["arc_easy"][0]["eval"]["S=2"]["acc"] <= 1
+    assert (
+        results["blora_xs"]["arc_easy"][0]["extra_parameters"] == (2 + 10) * 2 * 2 * 4
+    )  # (2 + K) r^2, 4 modules
+    assert results["blora_xs+T"]["arc_easy"][0]["train_steps"] == 0
