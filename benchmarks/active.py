@@ -198,7 +198,7 @@ def report(_: argparse.Namespace) -> None:
     if seconds:
         lines += [
             f"Cost: {sum(seconds) / 3600:.1f} core-hours for the {done} finished runs "
-            f"({np.mean(seconds) / 60:.1f} min per round on one core).",
+            f"({np.mean(seconds) / 60:.1f} min per round, one thread, processes sharing the two cores).",
             "",
         ]
     write_text(RESULTS / "active.md", "\n".join(lines))
