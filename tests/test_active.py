@@ -103,6 +103,8 @@ def test_other_settings_in_the_same_folder_are_refused(bald_run, model_dir):
 def test_bald_needs_a_posterior_and_the_pool_enough_questions(model_dir, tmp_path):
     with pytest.raises(ValueError, match="bald"):
         run_active(run_config(model_dir, "mle"), ACTIVE, tmp_path / "x")
+    with pytest.raises(ValueError, match="glm"):  # refused before any training
+        run_active(run_config(model_dir, "laplace"), ACTIVE, tmp_path / "y")
     with pytest.raises(ValueError, match="pool"):
         ActiveConfig(pool=5, initial=3, acquire=2, rounds=2)
 

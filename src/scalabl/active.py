@@ -53,6 +53,14 @@ def check_acquisition(run: RunConfig, active: ActiveConfig) -> None:
     if run.eval_split != "test":
         raise ValueError("eval_split: active learning evaluates each round on the test split")
     method = get_method(run.method)
+    laplace = run.method.method == "laplace" or (
+        run.method.method == "blora_xs" and run.method.xs_posterior == "laplace"
+    )
+    if active.acquisition == Acquisition.BALD and laplace and run.method.laplace_predictive == "glm":
+        raise ValueError(
+            "acquisition: bald needs per-sample predictives; Laplace's glm predictive is one averaged "
+            "distribution: use --laplace-predictive mc, or entropy / least_confidence"
+        )
     if active.acquisition == Acquisition.BALD and method.samples_for(active.acquisition_samples) < 2:
         raise ValueError(
             f"acquisition: bald is the disagreement of posterior samples; {run.method.method.value} "
