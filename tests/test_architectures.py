@@ -56,6 +56,8 @@ def expected_extra(method: str, arch: str) -> int:
         "tfb": (RANK + 1) * len(s),  # singular values and beta per module
         "ensemble": (K - 1) * lora,
         "laplace": sum(i * i + 2 * RANK * RANK + o * o for i, o in s),  # KFAC factors of A and B
+        "ivon": lora,  # a posterior variance per LoRA weight
+        "blora_xs": (2 + 10) * RANK * RANK * len(s),  # SWAG's mean, second moment, K = 10 deviations
     }.get(method, 0)
 
 
@@ -99,7 +101,8 @@ def test_saves_and_reloads(fitted, tmp_path):
 
     with safe_open(tmp_path / "adapter.safetensors", "pt") as f:  # the adapter, never the base's head
         keys = list(f.keys())
-    assert all("lora_" in k or k.startswith("laplace.") for k in keys), keys
+    # besides the adapter, a posterior held outside it: Laplace's curvature, IVON's Hessian
+    assert all("lora_" in k or k.startswith(("laplace.", "ivon.")) for k in keys), keys
     loaded = BayesianLoRA.load(tmp_path, make_tiny_model(arch), make_byte_tokenizer())
     assert loaded.config == blora.config
     for s in (0, 2):
