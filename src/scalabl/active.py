@@ -35,7 +35,7 @@ from scalabl.io import atomic_dir, output_folder, write_json, write_text
 from scalabl.methods import get_method
 from scalabl.metrics import compute_metrics
 from scalabl.plots import plot_active_curves
-from scalabl.runs import load_base
+from scalabl.runs import load_base, new_adapter
 
 CONFIG_FILE = "active.json"
 ROUND_FILE = "round.json"
@@ -145,17 +145,7 @@ def _round(
     if active.start == Start.WARM and r > 0:
         blora = BayesianLoRA.load(folder / "rounds" / str(r - 1), model, tokenizer)
     else:
-        blora = BayesianLoRA(
-            model,
-            tokenizer,
-            run.method,
-            scoring=run.scoring,
-            length_norm=run.length_norm,
-            truncation=run.truncation,
-            max_length=run.max_length,
-            seed=run.train.seed,
-            gradient_checkpointing=run.gradient_checkpointing,
-        )
+        blora = new_adapter(run, model, tokenizer)
     train = [pool[i] for i in labelled]
     # a round's training resumes from its checkpoint; the number of steps is the run's, per round
     work = folder / "work" / f"round{r}"
@@ -174,7 +164,8 @@ def _round(
     acquired: list[int] = []
     scores: list[float] = []
     if r < active.rounds:
-        unlabelled = [i for i in range(len(pool)) if i not in set(labelled)]
+        taken = set(labelled)
+        unlabelled = [i for i in range(len(pool)) if i not in taken]
         if active.acquisition == Acquisition.RANDOM:
             picks = random_k(len(unlabelled), active.acquire, active.al_seed * 1009 + r + 1)
         else:

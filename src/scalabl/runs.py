@@ -44,6 +44,23 @@ def load_base(config: RunConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBa
     return load_model(config.model, dtype=config.dtype, device=config.device, quant=config.quant)
 
 
+def new_adapter(
+    config: RunConfig, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
+) -> BayesianLoRA:
+    """``model`` wrapped with a fresh adapter of the run's method, scored as the run scores."""
+    return BayesianLoRA(
+        model,
+        tokenizer,
+        config.method,
+        scoring=config.scoring,
+        length_norm=config.length_norm,
+        truncation=config.truncation,
+        max_length=config.max_length,
+        seed=config.train.seed,
+        gradient_checkpointing=config.gradient_checkpointing,
+    )
+
+
 def train_run(
     config: RunConfig,
     out: str | Path,
@@ -83,17 +100,7 @@ def _train_and_evaluate(
     splits = config.splits()
     model, tokenizer = load_base(config)
     folder.write_config(config)
-    blora = BayesianLoRA(
-        model,
-        tokenizer,
-        config.method,
-        scoring=config.scoring,
-        length_norm=config.length_norm,
-        truncation=config.truncation,
-        max_length=config.max_length,
-        seed=config.train.seed,
-        gradient_checkpointing=config.gradient_checkpointing,
-    )
+    blora = new_adapter(config, model, tokenizer)
     if config.fsdp:
         distributed.shard_model(blora.model)
     folder.check_free_space(sum(p.numel() for n, p in blora.model.named_parameters() if "lora_" in n))
