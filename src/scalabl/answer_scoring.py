@@ -83,7 +83,7 @@ class AnswerScorer(Scorer):
     @contextmanager
     def prompts_run(self, state: PromptPass | None) -> Iterator[None]:
         """Score the next batch from ``state`` (its prompts as the decoding ran them, under the same
-        model) instead of running the prompts again; None: run them."""
+        model) instead of running the prompts again; None, or prompts that differ: run them."""
         self.prefilled = state
         try:
             yield
@@ -91,12 +91,13 @@ class AnswerScorer(Scorer):
             self.prefilled = None
 
     def _prompt_pass(self, model, encoded, device, use_cache, branch):  # type: ignore[override]
-        state = self.prefilled
-        if state is None or branch is not None:
+        state, self.prefilled = (
+            self.prefilled,
+            None,
+        )  # the cache is re-indexed in place: it serves one scoring
+        # a prompt cut otherwise to make room for a longer answer than decoding allowed: run them again
+        if state is None or branch is not None or [e.prompt for e in encoded] != state.prompts:
             return super()._prompt_pass(model, encoded, device, use_cache, branch)
-        if [e.prompt for e in encoded] != state.prompts:
-            raise ValueError("prompts_run: the batch's prompts are not the ones the state holds")
-        self.prefilled = None  # the cache is re-indexed in place: it serves one scoring
         return state.last.to(device), state.mask.to(device), state.cache
 
     def prompt_ids(self, example: QAExample) -> list[int]:

@@ -161,8 +161,6 @@ def _score(
     """Summed log-likelihood ``[B, U_max]`` of each question's answers (one pass over its prompt, or
     none with the decoding's ``state``); when ``sampled``, under the noise row the caller set for
     each question."""
-    if state is not None and [scorer.encode(r).prompt for r in rows] != state.prompts:
-        state = None  # a prompt cut to make room for a longer answer: run the prompts again
     with scorer.prompts_run(state):
         if sampled:
             return scorer.class_logits(model, rows, sample=True, noise_set=True).double().cpu()
